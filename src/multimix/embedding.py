@@ -1,0 +1,224 @@
+"""MultiMix and Dense MultiMix at the embedding layer: ``loss = mm(z, y, head, lam=None)``.
+
+These are the paper's core operations on embeddings you already computed, for
+use in your own training loop. The trainer-facing methods in
+:mod:`multimix.methods` wrap them over a model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as MF
+
+__all__ = ["MultiMix", "DenseMultiMix", "ATTENTIONS"]
+
+ATTENTIONS = ("uniform", "self", "cam")
+
+
+def _num_classes_of(head) -> Optional[int]:
+    return head.out_features if isinstance(head, nn.Linear) else None
+
+
+class MultiMix:
+    """MultiMix (Venkataramanan et al.): interpolate n tuples of the whole mini-batch.
+
+    Given pooled embeddings Z (m, d) and targets Y (m, c), draw Λ (n, m) with
+    rows λ_k ~ Dir(α·1) over a random tuple of ``tuple_size`` examples (default
+    all m) and return mean_k CE(g(z̃_k), ỹ_k) with Z̃ = ΛZ, Ỹ = ΛY, plus
+    ``clean_weight`` · CE(g(Z), Y).
+
+    When the head g is affine (``nn.Linear``, or ``affine=True``),
+    g(ΛZ) = Λ g(Z) because rows of Λ sum to 1: the n mixed logits cost one
+    (n×m)(m×c) product and nothing of size n×d is built. Otherwise the
+    embeddings are mixed and g is applied to all n of them. Both paths give the
+    same loss and gradients.
+
+    Args:
+        n: number of interpolated examples per mini-batch (Λ has n rows).
+        alpha: Dirichlet concentration α per example. Small α (≈ 0.01–0.05
+            for a batch of 100+) keeps each tuple dominated by few examples;
+            α = 1 over a large tuple puts every point near the batch centroid.
+        tuple_size: examples per tuple (None: the whole mini-batch).
+        num_classes: c, needed with integer labels unless the head is ``nn.Linear``.
+        clean_weight: weight of the loss on the un-mixed examples.
+        label_smoothing: applied when integer labels are turned into targets.
+        affine: force (True) or forbid (False) the affine shortcut; None detects ``nn.Linear``.
+        generator: torch generator for Λ.
+
+    Call:
+        ``loss = mm(z, y, head, lam=None)`` with z (m, d), y int (m,) or soft
+        (m, c), head mapping (..., d) → (..., c), lam an optional (n, m) Λ.
+    """
+
+    def __init__(
+        self,
+        n: int = 1000,
+        alpha: float = 0.02,
+        *,
+        tuple_size: Optional[int] = None,
+        num_classes: Optional[int] = None,
+        clean_weight: float = 0.0,
+        label_smoothing: float = 0.0,
+        affine: Optional[bool] = None,
+        generator: Optional[torch.Generator] = None,
+    ):
+        self.n = MF._check_positive_int(n, "n")
+        self.alpha = MF.check_alpha(alpha)
+        self.tuple_size = None if tuple_size is None else MF._check_positive_int(tuple_size, "tuple_size")
+        if num_classes is not None:
+            MF._check_positive_int(num_classes, "num_classes")
+        self.num_classes = num_classes
+        if not clean_weight >= 0:
+            raise ValueError(f"clean_weight must be >= 0, got {clean_weight!r}")
+        self.clean_weight = float(clean_weight)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+        self.affine = affine
+        self.generator = generator
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n={self.n}, alpha={self.alpha}, tuple_size={self.tuple_size}, "
+                f"clean_weight={self.clean_weight})")
+
+    # -- pieces shared with DenseMultiMix -------------------------------------------------
+
+    def sample_lam(self, m: int, *, device=None) -> Tensor:
+        """Λ of shape (n, m): Dirichlet rows over a random tuple of ``tuple_size`` examples."""
+        t = m if self.tuple_size is None else min(self.tuple_size, m)
+        if t == m:
+            return MF.dirichlet(self.n, m, self.alpha, generator=self.generator, device=device)
+        weights = MF.dirichlet(self.n, t, self.alpha, generator=self.generator, device=device)
+        mask = MF.random_subset_mask(self.n, m, t, generator=self.generator, device=device)
+        lam = torch.zeros(self.n, m, device=weights.device, dtype=weights.dtype)
+        # masked_scatter_ fills True entries in row-major order: row k gets weights[k].
+        return lam.masked_scatter_(mask, weights)
+
+    def _prepare(self, z: Tensor, y: Tensor, head, lam: Optional[Tensor], min_dim: int):
+        if not isinstance(z, Tensor):
+            raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+        if not callable(head):
+            raise TypeError(f"head must be a module or callable mapping (..., d) to (..., c), got {type(head).__name__}")
+        if z.dim() == 0 or z.shape[0] == 0:
+            raise ValueError(f"z must hold at least one example, got shape {tuple(z.shape)}")
+        m = z.shape[0]
+        num_classes = self.num_classes or _num_classes_of(head)
+        targets = MF.as_soft_targets(y, num_classes, batch_size=m, label_smoothing=self.label_smoothing)
+        if lam is None:
+            lam = self.sample_lam(m, device=z.device)
+        else:
+            MF.check_interpolation_matrix(lam, m)
+        return targets, lam.to(z.device)
+
+    def _is_affine(self, head) -> bool:
+        return isinstance(head, nn.Linear) if self.affine is None else bool(self.affine)
+
+    # -- the loss --------------------------------------------------------------------------
+
+    def __call__(self, z: Tensor, y: Tensor, head: Callable[[Tensor], Tensor], lam: Optional[Tensor] = None) -> Tensor:
+        if isinstance(z, Tensor) and z.dim() != 2:
+            raise ValueError(f"z must be pooled embeddings of shape (m, d), got {tuple(z.shape)}; "
+                             "use DenseMultiMix for (m, d, *spatial)")
+        targets, lam = self._prepare(z, y, head, lam, min_dim=2)
+        if targets.dim() != 2:
+            raise ValueError(f"soft targets y must have shape (m, c) for MultiMix, got {tuple(targets.shape)}")
+        mixed_targets = MF.interpolate(lam, targets)  # (n, c)
+        need_clean_logits = self.clean_weight > 0 or self._is_affine(head)
+        logits = head(z) if need_clean_logits else None
+        if self._is_affine(head):
+            mixed_logits = MF.interpolate(lam, logits)  # Λ g(Z) = g(ΛZ): (n, c)
+        else:
+            mixed_logits = head(MF.interpolate(lam, z).to(z.dtype))  # g(ΛZ): (n, c)
+        loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
+        if self.clean_weight > 0:
+            loss = loss + self.clean_weight * MF.soft_cross_entropy(logits, targets)
+        return loss
+
+
+class DenseMultiMix(MultiMix):
+    """Dense MultiMix: interpolate and apply the loss at every spatial position.
+
+    For dense embeddings Z (m, d, r) (r = prod of the spatial dims) and an
+    attention map a_i ∈ R^r per example, the weights of tuple k at position j
+    are w_kij = λ_ki a_ij / Σ_i' λ_ki' a_i'j; then z̃_kj = Σ_i w_kij z_ij,
+    ỹ_kj = Σ_i w_kij y_ij (labels inherited by every position, or per-position
+    soft targets (m, c, *spatial) such as a teacher's), and the loss is the mean
+    CE over all k and j of g applied per position. The affine shortcut applies
+    per position: mixed logits = W_j · (per-position logits).
+
+    Args (beyond :class:`MultiMix`):
+        attention: ``"uniform"`` (a_ij = 1/r), ``"self"`` (softmax over j of
+            ⟨z_ij, z̄_i⟩/√d) or ``"cam"`` (ReLU(w_{y_i}ᵀ z_ij), ℓ1-normalised;
+            needs a head with a (c, d) ``weight``).
+        attention_grad: back-propagate through the attention (default: no).
+
+    The clean-example term (``clean_weight``) is the per-position CE of the
+    un-mixed embeddings against their inherited labels.
+
+    Call:
+        ``loss = dmm(z, y, head, lam=None)`` with z (m, d, *spatial), y int
+        (m,), soft (m, c) or per-position soft (m, c, *spatial).
+    """
+
+    def __init__(self, n: int = 1000, alpha: float = 0.02, *, attention: str = "self",
+                 attention_grad: bool = False, **kwargs):
+        super().__init__(n, alpha, **kwargs)
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        self.attention = attention
+        self.attention_grad = bool(attention_grad)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", attention={self.attention!r})"
+
+    def attention_map(self, z: Tensor, targets: Tensor, head) -> Tensor:
+        """a (m, r) for flattened dense embeddings z (m, d, r) and targets (m, c[, r])."""
+        source = z if self.attention_grad else z.detach()
+        if self.attention == "uniform":
+            return MF.uniform_attention(source)
+        if self.attention == "self":
+            return MF.self_attention(source)
+        weight = getattr(head, "weight", None)
+        if not isinstance(weight, Tensor) or weight.dim() != 2 or weight.shape[1] != z.shape[1]:
+            raise ValueError("attention='cam' needs a head with a (c, d) `weight` (e.g. nn.Linear); "
+                             "use attention='self' or 'uniform' for other heads")
+        if not self.attention_grad:
+            weight = weight.detach()
+        class_mass = targets if targets.dim() == 2 else targets.mean(dim=2)
+        return MF.class_activation_attention(source, weight, class_mass)
+
+    def __call__(self, z: Tensor, y: Tensor, head: Callable[[Tensor], Tensor], lam: Optional[Tensor] = None) -> Tensor:
+        if isinstance(z, Tensor) and z.dim() < 3:
+            raise ValueError(f"z must be dense features of shape (m, d, *spatial) with at least one spatial dim, "
+                             f"got {tuple(z.shape)}; use MultiMix for pooled (m, d) embeddings")
+        targets, lam = self._prepare(z, y, head, lam, min_dim=3)
+        spatial = z.shape[2:]
+        zf = MF.flatten_positions(z)  # (m, d, r)
+        if targets.dim() > 2:
+            if targets.shape[2:] != spatial:
+                raise ValueError(f"per-position soft targets y must have shape (m, c, {', '.join(map(str, spatial))}), "
+                                 f"got {tuple(targets.shape)}")
+            targets = targets.flatten(2)  # (m, c, r)
+        weights = MF.dense_interpolation_weights(lam, self.attention_map(zf, targets, head))  # (n, m, r)
+        if targets.dim() == 2:
+            mixed_targets = torch.einsum("kir,ic->krc", weights, targets)
+        else:
+            mixed_targets = torch.einsum("kir,icr->krc", weights, targets)
+        need_clean_logits = self.clean_weight > 0 or self._is_affine(head)
+        logits = MF.apply_per_position(head, zf) if need_clean_logits else None  # (m, c, r)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            if self._is_affine(head):
+                mixed_logits = torch.einsum("kir,icr->krc", weights, logits.float())  # (n, r, c)
+            else:
+                mixed_z = torch.einsum("kir,idr->krd", weights, zf.float()).to(z.dtype)  # (n, r, d)
+        if not self._is_affine(head):
+            mixed_logits = head(mixed_z)
+        loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
+        if self.clean_weight > 0:
+            clean_targets = targets.unsqueeze(2).expand_as(logits) if targets.dim() == 2 else targets
+            loss = loss + self.clean_weight * MF.soft_cross_entropy(logits, clean_targets, dim=1)
+        return loss

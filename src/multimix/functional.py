@@ -1,0 +1,455 @@
+"""Pure tensor functions under every method: sampling, mixing, dense weights, losses.
+
+No state, no modules. Every function is device- and dtype-agnostic and draws
+random numbers only from the ``generator`` it is given (or torch's default one
+when that is ``None``).
+
+Notation (see ``DESIGN.md``): a mini-batch of m examples, n interpolated
+examples, c classes, d embedding channels, r spatial positions.
+Λ (``lam``) is an (n, m) interpolation matrix whose rows lie on the simplex.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "check_alpha",
+    "check_interpolation_matrix",
+    "dirichlet",
+    "sample_beta",
+    "random_permutation",
+    "random_subset_mask",
+    "as_soft_targets",
+    "soft_cross_entropy",
+    "interpolate",
+    "flatten_positions",
+    "apply_per_position",
+    "uniform_attention",
+    "self_attention",
+    "class_activation_attention",
+    "dense_interpolation_weights",
+    "cutmix_box",
+    "paste_box",
+    "mixupe_residual_term",
+    "beta_mean",
+]
+
+# ---------------------------------------------------------------------------
+# argument checks (raise before any work is done)
+# ---------------------------------------------------------------------------
+
+
+def check_alpha(alpha: float, name: str = "alpha") -> float:
+    """Return ``float(alpha)`` or raise ``ValueError`` unless it is finite and > 0."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"{name} must be a positive finite number, got {alpha!r}")
+    alpha = float(alpha)
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {alpha!r}")
+    return alpha
+
+
+def _check_positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_interpolation_matrix(lam: Tensor, m: int, atol: Optional[float] = None) -> None:
+    """Raise ``ValueError`` unless ``lam`` is an (n, m) matrix with rows on the simplex.
+
+    Args:
+        lam: candidate Λ, shape (n, m).
+        m: the mini-batch size it must match.
+        atol: tolerance on each row sum; defaults to 1e-4 in float32/64 and
+            2e-2 in half precision.
+    """
+    if not isinstance(lam, Tensor):
+        raise TypeError(f"lam must be a torch.Tensor of shape (n, {m}), got {type(lam).__name__}")
+    if lam.dim() != 2 or lam.shape[1] != m or lam.shape[0] < 1:
+        raise ValueError(f"lam must have shape (n, {m}) with n >= 1 (m = batch size), got {tuple(lam.shape)}")
+    if not lam.is_floating_point():
+        raise TypeError(f"lam must be a floating-point tensor, got dtype {lam.dtype}")
+    if atol is None:
+        atol = 2e-2 if torch.finfo(lam.dtype).bits <= 16 else 1e-4
+    lam32 = lam.detach().float()
+    if not bool(torch.isfinite(lam32).all()):
+        raise ValueError("lam must be finite: every row of Λ must lie on the simplex")
+    if bool((lam32 < 0).any()):
+        raise ValueError("lam must be non-negative: every row of Λ must lie on the simplex")
+    worst = (lam32.sum(dim=1) - 1).abs().max().item()
+    if worst > atol:
+        raise ValueError(f"every row of lam must sum to 1 (rows on the simplex); worst row is off by {worst:.3g}")
+
+
+# ---------------------------------------------------------------------------
+# random sampling
+# ---------------------------------------------------------------------------
+
+
+def _resolve_device(generator: Optional[torch.Generator], device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if generator is not None:
+        return generator.device
+    return torch.device("cpu")
+
+
+def _draw_device(generator: Optional[torch.Generator], device: torch.device) -> torch.device:
+    """Where random numbers are drawn: the generator's own device if one is given."""
+    return generator.device if generator is not None else device
+
+
+def _uniforms(numel: int, generator, device: torch.device) -> Tensor:
+    """(numel,) float32 uniforms on (0, 1), never exactly 0.
+
+    On the CPU, torch's Mersenne twister costs ~8 ns per 64 bits here, which
+    made it the whole cost of sampling Λ. Instead one 63-bit seed is drawn from
+    ``generator`` (so results are reproducible and no other RNG is touched) and
+    numpy's SFC64 bit generator fills the words, two 32-bit uniforms per word.
+    Elsewhere torch's own generator is used.
+    """
+    if device.type != "cpu":
+        return torch.rand(numel, generator=generator, device=device).clamp_min_(2.0**-33)
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
+    words = np.random.SFC64(seed).random_raw((numel + 1) // 2)
+    u = torch.from_numpy(words.view(np.int32)[:numel]).float()  # uniform on [-2^31, 2^31)
+    return u.mul_(2.0**-32).add_(0.5).clamp_min_(2.0**-33)
+
+
+def _log_gamma(numel: int, alpha: float, generator, device: torch.device) -> Tensor:
+    """log of ``numel`` independent Gamma(alpha, 1) draws, float32, finite for every alpha > 0.
+
+    Marsaglia & Tsang (2000) for Gamma(alpha + 1) with Box-Muller normals, then
+    the boost Gamma(alpha) = Gamma(alpha + 1) · U^{1/alpha} taken in log space,
+    so tiny alpha cannot underflow. The boost's U is the acceptance uniform,
+    recycled: given acceptance, u / min(1, e^{rhs}) is a fresh Uniform(0, 1)
+    independent of the accepted value, so each draw costs two uniforms.
+    Rejected candidates (a few %) are redrawn recursively.
+    """
+    d = alpha + 1.0 - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    half = (numel + 1) // 2
+    u = _uniforms(2 * half + numel, generator, device)
+    radius = u[:half].log_().mul_(-2.0).sqrt_()
+    angle = u[half : 2 * half].mul_(2.0 * math.pi)
+    x = torch.empty(2 * half, device=device)
+    torch.mul(radius, angle.cos(), out=x[:half])
+    torch.mul(radius, angle.sin_(), out=x[half:])
+    x = x[:numel]
+    # t = 1 + c x <= 0 must be rejected: clamping gives log t = log 1e-10, and
+    # with |x| <= 6.8 (the largest Box-Muller radius from 32-bit uniforms) the
+    # test below then always rejects.
+    t = x.mul(c).add_(1.0).clamp_min_(1e-10)
+    v = t * t * t
+    log_v = t.log_().mul_(3.0)
+    rhs = x.mul_(x).mul_(0.5).add_(d).sub_(v, alpha=d).add_(log_v, alpha=d)
+    log_u = u[2 * half :].log_()
+    rejected = log_u >= rhs
+    log_u.sub_(rhs.clamp_max_(0.0))
+    out = log_v.add_(log_u, alpha=1.0 / alpha).add_(math.log(d))
+    count = int(torch.count_nonzero(rejected))
+    if count:
+        out.masked_scatter_(rejected, _log_gamma(count, alpha, generator, device))
+    return out
+
+
+def dirichlet(
+    n: int,
+    m: int,
+    alpha: float,
+    *,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """Sample Λ: n interpolation vectors λ_k ~ Dir(α·1_m), one per row.
+
+    Sampling happens in log space (a softmax of log-gamma draws), so every row
+    is finite, non-negative and sums to 1 for any ``alpha > 0`` and any ``m``,
+    including the near-one-hot rows of very small α that underflow to 0/0 with
+    a plain gamma sampler in float32. Sampling runs in float32 and is cast at
+    the end (in bfloat16/float16 the row sums are then exact only to that
+    dtype's precision).
+
+    Args:
+        n: number of interpolation vectors (rows), n ≥ 1.
+        m: number of examples per tuple (columns), m ≥ 1.
+        alpha: symmetric Dirichlet concentration α > 0.
+        generator: torch generator to draw from; its device is used to draw.
+        device: device of the result (default: the generator's, else CPU).
+        dtype: floating dtype of the result (default: torch's default dtype).
+
+    Returns:
+        Tensor of shape (n, m).
+    """
+    n = _check_positive_int(n, "n")
+    m = _check_positive_int(m, "m")
+    alpha = check_alpha(alpha)
+    dtype = dtype or torch.get_default_dtype()
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    device = _resolve_device(generator, device)
+    log_g = _log_gamma(n * m, alpha, generator, _draw_device(generator, device)).view(n, m)
+    return torch.softmax(log_g, dim=1).to(device=device, dtype=dtype)
+
+
+def sample_beta(alpha: float, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+    """One λ ~ Beta(α, α) as a 0-d float32 tensor (the first entry of a Dir(α, α) draw)."""
+    return dirichlet(1, 2, alpha, generator=generator, device=device, dtype=torch.float32)[0, 0]
+
+
+def random_permutation(m: int, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+    """A random permutation π of range(m) (the pairing of mixup-style methods), int64 (m,)."""
+    device = _resolve_device(generator, device)
+    return torch.randperm(m, generator=generator, device=_draw_device(generator, device)).to(device)
+
+
+def random_subset_mask(n: int, m: int, size: int, *, generator=None, device=None) -> Tensor:
+    """Boolean (n, m) mask with exactly ``size`` True entries per row, uniformly at random.
+
+    Used to restrict each interpolation vector to a random tuple of ``size``
+    examples of the mini-batch.
+    """
+    device = _resolve_device(generator, device)
+    scores = torch.rand(n, m, generator=generator, device=_draw_device(generator, device))
+    idx = scores.topk(size, dim=1).indices
+    mask = torch.zeros(n, m, dtype=torch.bool, device=scores.device)
+    mask.scatter_(1, idx, True)
+    return mask.to(device)
+
+
+def beta_mean(a: float, b: float) -> float:
+    """Mean a / (a + b) of Beta(a, b)."""
+    return a / (a + b)
+
+
+# ---------------------------------------------------------------------------
+# targets and losses
+# ---------------------------------------------------------------------------
+
+
+def as_soft_targets(
+    y: Tensor,
+    num_classes: Optional[int],
+    *,
+    batch_size: Optional[int] = None,
+    label_smoothing: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Integer labels (m,) or soft targets (m, c, *spatial) → float soft targets.
+
+    Integer labels become one-hot (optionally label-smoothed) rows of shape
+    (m, c). Soft targets are returned as they are (cast to ``dtype``) after
+    checking their width against ``num_classes`` when that is known.
+
+    Raises:
+        ValueError: empty batch, batch mismatch with ``batch_size``, labels
+            outside [0, c), soft targets of the wrong width, unknown c.
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor of labels (m,) or soft targets (m, c), got {type(y).__name__}")
+    if y.dim() == 0 or y.shape[0] == 0:
+        raise ValueError(f"y must hold at least one example, got shape {tuple(y.shape)}")
+    if batch_size is not None and y.shape[0] != batch_size:
+        raise ValueError(f"y has {y.shape[0]} examples but the batch has {batch_size} (first dimensions must match)")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if y.is_floating_point():
+        if y.dim() < 2:
+            raise ValueError(f"soft targets y must have shape (m, c), got {tuple(y.shape)}")
+        if num_classes is not None and y.shape[1] != num_classes:
+            raise ValueError(f"soft targets y must have width c = {num_classes} (dim 1), got shape {tuple(y.shape)}")
+        return y.to(dtype)
+    if y.dim() != 1:
+        raise ValueError(f"integer labels y must have shape (m,), got {tuple(y.shape)}")
+    if num_classes is None:
+        raise ValueError("num_classes is required with integer labels (it is read from the head when that is nn.Linear)")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels y must lie in [0, {num_classes}) (num_classes = {num_classes}), got values in [{lo}, {hi}]")
+    targets = F.one_hot(y.long(), num_classes).to(dtype)
+    if label_smoothing > 0:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return targets
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor, dim: int = -1) -> Tensor:
+    """Mean over all non-class entries of −Σ_c targets·log_softmax(logits).
+
+    Args:
+        logits: (..., c) along ``dim``.
+        targets: same shape, rows on the simplex.
+
+    Returns:
+        0-d tensor, computed in at least float32.
+    """
+    log_p = torch.log_softmax(logits.float(), dim=dim)
+    return -(targets.to(log_p.dtype) * log_p).sum(dim=dim).mean()
+
+
+def interpolate(lam: Tensor, x: Tensor) -> Tensor:
+    """Λ x along the first dimension: (n, m) × (m, ...) → (n, ...).
+
+    The product runs in at least float32 with autocast off, so that rows of Λ
+    that sum to 1 keep doing so; the result has dtype promote(x, float32).
+    """
+    work = torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        out = lam.to(device=x.device, dtype=work) @ x.reshape(x.shape[0], -1).to(work)
+    return out.view(lam.shape[0], *x.shape[1:])
+
+
+# ---------------------------------------------------------------------------
+# dense (per-position) helpers
+# ---------------------------------------------------------------------------
+
+
+def flatten_positions(z: Tensor, name: str = "z") -> Tensor:
+    """(m, d, *spatial) → (m, d, r) with r = prod(spatial); requires ≥ 1 spatial dim."""
+    if z.dim() < 3:
+        raise ValueError(f"{name} must be dense features of shape (m, d, *spatial) with at least one spatial dim, got {tuple(z.shape)}")
+    return z.flatten(2)
+
+
+def apply_per_position(head: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+    """Apply a head mapping (..., d) → (..., c) at every position: (m, d, r) → (m, c, r)."""
+    return head(z.transpose(1, 2)).transpose(1, 2)
+
+
+def uniform_attention(z: Tensor) -> Tensor:
+    """a_ij = 1/r for every example i and position j: (m, d, r) → (m, r)."""
+    m, _, r = z.shape
+    return z.new_full((m, r), 1.0 / r)
+
+
+def self_attention(z: Tensor) -> Tensor:
+    """a_i = softmax_j(⟨z_ij, z̄_i⟩ / √d), z̄_i the mean over positions: (m, d, r) → (m, r)."""
+    z = z.float()
+    pooled = z.mean(dim=2, keepdim=True)  # (m, d, 1)
+    scores = (z * pooled).sum(dim=1) / math.sqrt(z.shape[1])
+    return torch.softmax(scores, dim=1)
+
+
+def class_activation_attention(z: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    """Class activation a_ij ∝ ReLU(Σ_c y_ic w_cᵀ z_ij), ℓ1-normalised over positions.
+
+    For one-hot y this is ReLU(w_{y_i}ᵀ z_ij). Rows that are all zero fall
+    back to uniform attention.
+
+    Args:
+        z: (m, d, r) dense embeddings.
+        weight: (c, d) classifier weights W.
+        targets: (m, c) soft targets (class mass per example).
+
+    Returns:
+        (m, r) attention, each row on the simplex.
+    """
+    z = z.float()
+    class_dir = targets.float() @ weight.float()  # (m, d)
+    act = torch.relu((z * class_dir.unsqueeze(2)).sum(dim=1))  # (m, r)
+    total = act.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(act, 1.0 / act.shape[1])
+    return torch.where(total > 0, act / total.clamp_min(torch.finfo(act.dtype).tiny), uniform)
+
+
+def dense_interpolation_weights(lam: Tensor, attention: Tensor) -> Tensor:
+    """w_kij = λ_ki a_ij / Σ_i' λ_ki' a_i'j, ℓ1-normalised over examples i.
+
+    Where the denominator vanishes (every example with weight in tuple k has
+    zero attention at position j) the weights fall back to λ_k.
+
+    Args:
+        lam: Λ, (n, m).
+        attention: a, (m, r), non-negative.
+
+    Returns:
+        (n, m, r) weights; w[k, :, j] lies on the simplex.
+    """
+    work = torch.promote_types(attention.dtype, torch.float32)
+    lam = lam.to(work)
+    num = lam.unsqueeze(2) * attention.to(work).unsqueeze(0)  # (n, m, r)
+    den = num.sum(dim=1, keepdim=True)
+    ok = den > 0
+    w = num / torch.where(ok, den, torch.ones_like(den))
+    return torch.where(ok, w, lam.unsqueeze(2).expand_as(w))
+
+
+# ---------------------------------------------------------------------------
+# CutMix and MixupE
+# ---------------------------------------------------------------------------
+
+
+def cutmix_box(
+    spatial: Sequence[int], lam: float, *, generator: Optional[torch.Generator] = None
+) -> Tuple[Tuple[slice, ...], float]:
+    """A random box covering about 1 − λ of a 1-D or 2-D grid, and the corrected λ.
+
+    The box side along each of the k spatial dims is size·(1 − λ)^{1/k}, its
+    centre uniform over the grid, clipped at the borders (Yun et al., 2019);
+    the returned λ is 1 − (box area / grid area), the true share of the
+    original example.
+
+    Args:
+        spatial: grid size, (L,) or (H, W).
+        lam: the sampled λ in [0, 1].
+
+    Returns:
+        (slices, lam_corrected): one slice per spatial dim.
+    """
+    k = len(spatial)
+    if k not in (1, 2):
+        raise ValueError(f"CutMix needs inputs with 1 or 2 spatial dims (m, C, L) or (m, C, H, W), got {k} spatial dims")
+    ratio = (1.0 - float(lam)) ** (1.0 / k)
+    centres = torch.rand(k, generator=generator, device=_draw_device(generator, torch.device("cpu"))).tolist()
+    slices = []
+    area = 1
+    for size, u in zip(spatial, centres):
+        cut = int(size * ratio)
+        centre = int(u * size)
+        lo, hi = max(centre - cut // 2, 0), min(centre + cut // 2, size)
+        slices.append(slice(lo, hi))
+        area *= hi - lo
+    return tuple(slices), 1.0 - area / math.prod(spatial)
+
+
+def paste_box(x: Tensor, source: Tensor, box: Tuple[slice, ...]) -> Tensor:
+    """Copy of ``x`` (m, C, *spatial) with ``box`` taken from ``source`` (same shape)."""
+    out = x.clone()
+    index = (slice(None), slice(None)) + tuple(box)
+    out[index] = source[index]
+    return out
+
+
+def mixupe_residual_term(
+    logits: Tensor, targets: Tensor, *, threshold: Optional[float] = None, detach_residual: bool = False
+) -> Tensor:
+    """(1/m) Σ_{i: s_i < τ} s_i with s_i = f_iᵀ (y_i − softmax(f_i)) (MixupE).
+
+    Args:
+        logits: clean-batch logits f, (m, c).
+        targets: soft targets y, (m, c).
+        threshold: τ; ``None`` keeps every example (version 4 of the official code).
+        detach_residual: stop gradients through y − softmax(f) (version 4);
+            version 3 back-propagates through it.
+
+    Returns:
+        0-d tensor.
+    """
+    logits = logits.float()
+    residual = targets.float() - torch.softmax(logits, dim=1)
+    if detach_residual:
+        residual = residual.detach()
+    s = (logits * residual).sum(dim=1)
+    if threshold is not None:
+        s = torch.where(s.detach() < threshold, s, torch.zeros_like(s))
+    return s.sum() / logits.shape[0]

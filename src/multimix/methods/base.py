@@ -1,0 +1,92 @@
+"""The training-method interface: ``loss = method(model, x, y)``.
+
+A method takes a model that follows :mod:`multimix.contract` (``encode``,
+``pool``, ``head``), an input batch x (m, ...) and labels y (integer (m,) or
+soft (m, c)), and returns a 0-d loss to back-propagate. Each method states
+where it mixes (``mixes_at``: ``"none"``, ``"input"``, ``"hidden"`` or
+``"embedding"``). After each optimiser step call ``method.update(model)``: it
+advances the EMA teacher when self-distillation is on and is a no-op otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import functional as MF
+from ..contract import check_mixable, num_classes_of
+from .distill import SelfDistillation
+
+__all__ = ["Method", "ERM"]
+
+
+class Method:
+    """Base class of every training method.
+
+    Args:
+        num_classes: c; read from the model's ``nn.Linear`` head when omitted.
+        label_smoothing: smoothing of the one-hot targets.
+        distill: a :class:`SelfDistillation` whose EMA teacher blends soft
+            targets into the hard ones; every method interpolates them exactly
+            like hard targets.
+        generator: torch generator for every random draw of the method.
+    """
+
+    mixes_at = "none"
+
+    def __init__(
+        self,
+        *,
+        num_classes: Optional[int] = None,
+        label_smoothing: float = 0.0,
+        distill: Optional[SelfDistillation] = None,
+        generator: Optional[torch.Generator] = None,
+    ):
+        if num_classes is not None:
+            MF._check_positive_int(num_classes, "num_classes")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        if distill is not None and not isinstance(distill, SelfDistillation):
+            raise TypeError(f"distill must be a multimix.SelfDistillation or None, got {type(distill).__name__}")
+        self.num_classes = num_classes
+        self.label_smoothing = float(label_smoothing)
+        self.distill = distill
+        self.generator = generator
+
+    def __repr__(self) -> str:
+        fields = {k: v for k, v in vars(self).items() if k not in ("generator", "distill", "mix") and v is not None}
+        if self.distill is not None:
+            fields["distill"] = self.distill
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+    def targets(self, model, x: Tensor, y: Tensor, *, dense: bool = False) -> Tensor:
+        """Soft targets: (m, c), or (m, c, *spatial) when ``dense`` and a teacher predicts per position."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
+        check_mixable(model)
+        num_classes = self.num_classes or num_classes_of(model)
+        hard = MF.as_soft_targets(y, num_classes, batch_size=x.shape[0], label_smoothing=self.label_smoothing)
+        hard = hard.to(x.device)
+        if self.distill is None:
+            return hard
+        return self.distill.targets(x, hard, dense=dense)
+
+    def update(self, model) -> None:
+        """Call after each optimiser step (advances the EMA teacher if any)."""
+        if self.distill is not None:
+            self.distill.update(model)
+
+    def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class ERM(Method):
+    """Empirical risk minimisation: cross-entropy on the clean batch."""
+
+    def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+        targets = self.targets(model, x, y)
+        return MF.soft_cross_entropy(model(x), targets)

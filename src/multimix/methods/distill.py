@@ -1,0 +1,90 @@
+"""Self-distillation targets from an exponential-moving-average teacher (MultiMix §3.3)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Dict
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional as MF
+
+__all__ = ["SelfDistillation"]
+
+
+class SelfDistillation:
+    """An EMA copy of the network predicts soft targets that are blended with hard ones.
+
+    targets = (1 − ``weight``) · Y + ``weight`` · softmax(teacher logits / T),
+    per example (m, c), or per position (m, c, *spatial) for dense methods, where
+    the teacher's head is applied at every position of its dense features.
+    Methods interpolate these exactly like hard targets.
+
+    The teacher is updated after each optimiser step with
+    θ_t ← μ θ_t + (1 − μ) θ_s on parameters and floating-point buffers
+    (batch-norm statistics); integer buffers are copied. It predicts in eval mode
+    without gradients.
+
+    Args:
+        model: the student (a model following :mod:`multimix.contract`); it is deep-copied.
+        momentum: μ in [0, 1).
+        temperature: T > 0 of the teacher's softmax.
+        weight: blend in [0, 1] between hard (0) and teacher (1) targets.
+    """
+
+    def __init__(self, model: nn.Module, momentum: float = 0.999, temperature: float = 1.0, weight: float = 0.5):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        MF.check_alpha(temperature, "temperature")
+        if not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
+            raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+        self.momentum = float(momentum)
+        self.temperature = float(temperature)
+        self.weight = float(weight)
+        self.teacher = copy.deepcopy(model).eval()
+        self.teacher.requires_grad_(False)
+
+    def __repr__(self) -> str:
+        return f"SelfDistillation(momentum={self.momentum}, temperature={self.temperature}, weight={self.weight})"
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """θ_t ← μ θ_t + (1 − μ) θ_s for parameters and floating buffers; copy the others."""
+        student = dict(model.named_parameters())
+        student.update(model.named_buffers())
+        for name, t in list(self.teacher.named_parameters()) + list(self.teacher.named_buffers()):
+            s = student[name].detach()
+            if t.is_floating_point():
+                t.lerp_(s.to(t.dtype), 1.0 - self.momentum)
+            else:
+                t.copy_(s)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, *, dense: bool = False) -> Tensor:
+        """Teacher's soft predictions: (m, c), or (m, c, *spatial) when ``dense``."""
+        teacher = self.teacher
+        features = teacher.encode(x)
+        if dense and features.dim() > 2:
+            logits = MF.apply_per_position(teacher.head, features.flatten(2)).view(
+                features.shape[0], -1, *features.shape[2:])
+            return torch.softmax(logits.float() / self.temperature, dim=1)
+        logits = teacher.head(teacher.pool(features))
+        return torch.softmax(logits.float() / self.temperature, dim=1)
+
+    def targets(self, x: Tensor, hard: Tensor, *, dense: bool = False) -> Tensor:
+        """Blend hard targets (m, c) with the teacher's: (m, c) or (m, c, *spatial)."""
+        soft = self.predict(x, dense=dense)
+        if soft.shape[1] != hard.shape[1]:
+            raise ValueError(f"teacher predicts {soft.shape[1]} classes but the targets have {hard.shape[1]}")
+        hard = hard.view(*hard.shape, *([1] * (soft.dim() - 2)))
+        return (1.0 - self.weight) * hard + self.weight * soft
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state["teacher"])

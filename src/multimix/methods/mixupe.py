@@ -1,0 +1,70 @@
+"""MixupE (Zou et al., UAI 2023): mixup plus a directional-derivative term."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import Tensor
+
+from .. import functional as MF
+from .base import Method
+from .pairwise import InputMixup, PairwiseMix
+
+__all__ = ["MixupE"]
+
+_DEFAULT = object()
+
+
+class MixupE(Method):
+    """MixupE over any pairwise base method (input mixup by default).
+
+    With L_mix the base loss, f the logits of a second forward pass on the clean
+    batch and s_i = f_iᵀ(y_i − softmax(f_i))::
+
+        L = L_mix − η (1 − E[λ']) (1/m) Σ_{i: s_i < τ} s_i,   E[λ'] = (α + 1)/(2α + 1)
+
+    then L is rescaled by |L_mix| / |L| (both detached) so that its magnitude
+    matches mixup, as in the official code (``mixup.py``).
+
+    Args:
+        base: a :class:`PairwiseMix` (InputMixup, CutMix, ManifoldMixup).
+        eta: η, weight of the extra term (official default 0.001).
+        version: 3 (gradients flow through y − softmax(f), threshold τ = 1.0)
+            or 4 (residual detached, no threshold), the official code's versions.
+        threshold: τ; overrides the version's default (``None``: keep every example).
+        **kwargs: to the default base (``alpha``, ``num_classes``, ...) when
+            ``base`` is not given.
+    """
+
+    def __init__(self, base: Optional[PairwiseMix] = None, *, eta: float = 1e-3, version: int = 4,
+                 threshold: Union[float, None, object] = _DEFAULT, **kwargs):
+        if base is None:
+            base = InputMixup(**kwargs)
+        elif kwargs:
+            raise TypeError(f"pass {sorted(kwargs)} to the base method, not to MixupE, when base is given")
+        if not isinstance(base, PairwiseMix):
+            raise TypeError(f"base must be a pairwise method (InputMixup, CutMix, ManifoldMixup), got {type(base).__name__}")
+        if version not in (3, 4):
+            raise ValueError(f"version must be 3 or 4 (official MixupE code), got {version!r}")
+        if not (isinstance(eta, (int, float)) and eta >= 0):
+            raise ValueError(f"eta must be a number >= 0, got {eta!r}")
+        if threshold is _DEFAULT:
+            threshold = 1.0 if version == 3 else None
+        super().__init__(num_classes=base.num_classes, label_smoothing=base.label_smoothing,
+                         distill=base.distill, generator=base.generator)
+        self.base = base
+        self.eta = float(eta)
+        self.version = version
+        self.threshold = threshold
+        self.mixes_at = base.mixes_at
+
+    def __repr__(self) -> str:
+        return f"MixupE(base={self.base!r}, eta={self.eta}, version={self.version}, threshold={self.threshold})"
+
+    def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+        loss_mix, targets = self.base.loss_and_targets(model, x, y)
+        term = MF.mixupe_residual_term(model(x), targets, threshold=self.threshold,
+                                       detach_residual=self.version == 4)
+        mean_lam = MF.beta_mean(self.base.alpha + 1.0, self.base.alpha)
+        loss = loss_mix - self.eta * (1.0 - mean_lam) * term
+        return loss * (loss_mix.detach().abs() / loss.detach().abs())

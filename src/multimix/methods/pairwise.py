@@ -1,0 +1,104 @@
+"""Pairwise mixing baselines: input mixup, CutMix, manifold mixup.
+
+All three draw one λ ~ Beta(α, α) per batch and pair each example i with
+π(i) for a random permutation π; they differ only in where the pair is mixed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import functional as MF
+from ..contract import check_mixable
+from .base import Method
+
+__all__ = ["PairwiseMix", "InputMixup", "CutMix", "ManifoldMixup"]
+
+
+class PairwiseMix(Method):
+    """Base of the pairwise methods: loss = CE(mixed logits, λ Y + (1 − λ) Y[π]).
+
+    Args:
+        alpha: α of Beta(α, α).
+        **kwargs: see :class:`Method`.
+    """
+
+    def __init__(self, alpha: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = MF.check_alpha(alpha)
+
+    def mixed_logits(self, model, x: Tensor, lam: float, perm: Tensor) -> Tuple[Tensor, float]:
+        """Logits (m, c) of the mixed batch and the λ that weighs the original example."""
+        raise NotImplementedError
+
+    def loss_and_targets(self, model, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+        """The mixing loss and the un-mixed soft targets (m, c) it used."""
+        targets = self.targets(model, x, y)
+        lam = float(MF.sample_beta(self.alpha, generator=self.generator))
+        perm = MF.random_permutation(x.shape[0], generator=self.generator, device=x.device)
+        logits, lam = self.mixed_logits(model, x, lam, perm)
+        mixed_targets = lam * targets + (1.0 - lam) * targets[perm]
+        return MF.soft_cross_entropy(logits, mixed_targets), targets
+
+    def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+        return self.loss_and_targets(model, x, y)[0]
+
+
+class InputMixup(PairwiseMix):
+    """Input mixup (Zhang et al., 2018): x̃ = λ x + (1 − λ) x[π]."""
+
+    mixes_at = "input"
+
+    def mixed_logits(self, model, x, lam, perm):
+        return model(torch.lerp(x[perm], x, lam)), lam
+
+
+class CutMix(PairwiseMix):
+    """CutMix (Yun et al., 2019) on 1-D (m, C, L) or 2-D (m, C, H, W) inputs.
+
+    A box of about 1 − λ of the grid is pasted from x[π]; λ is then corrected
+    to the share of the grid left to the original example.
+    """
+
+    mixes_at = "input"
+
+    def mixed_logits(self, model, x, lam, perm):
+        if x.dim() not in (3, 4):
+            raise ValueError(f"CutMix needs inputs of shape (m, C, L) or (m, C, H, W), got {tuple(x.shape)}")
+        box, lam = MF.cutmix_box(x.shape[2:], lam, generator=self.generator)
+        return model(MF.paste_box(x, x[perm], box)), lam
+
+
+class ManifoldMixup(PairwiseMix):
+    """Manifold mixup (Verma et al., 2019): mix hidden states at a random layer.
+
+    Layer k in ``layers`` is drawn uniformly per batch; k = 0 mixes the input,
+    k = ``model.num_stages`` the final dense features (the embedding).
+
+    Args:
+        alpha: α of Beta(α, α) (the paper uses 2.0 on CIFAR).
+        layers: candidate layers (default (0, 1, 2)).
+    """
+
+    mixes_at = "hidden"
+
+    def __init__(self, alpha: float = 2.0, layers: Sequence[int] = (0, 1, 2), **kwargs):
+        super().__init__(alpha, **kwargs)
+        layers = tuple(layers)
+        if not layers or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in layers):
+            raise ValueError(f"layers must be a non-empty sequence of integers >= 0, got {layers!r}")
+        self.layers = layers
+
+    def mixed_logits(self, model, x, lam, perm):
+        check_mixable(model, need_stages=True)
+        if max(self.layers) > model.num_stages:
+            raise ValueError(f"layers must lie in [0, {model.num_stages}] for this model "
+                             f"({model.num_stages} stages), got {self.layers}")
+        pick = int(torch.randint(len(self.layers), (1,), generator=self.generator))
+        k = self.layers[pick]
+        hidden = model.encode(x, 0, k)
+        hidden = torch.lerp(hidden[perm], hidden, lam)
+        return model.head(model.pool(model.encode(hidden, k))), lam

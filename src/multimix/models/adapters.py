@@ -1,0 +1,95 @@
+"""Adapters that put torchvision ResNets and timm models under the model contract.
+
+Neither torchvision nor timm is imported here: the adapters use the models'
+public attributes (torchvision ResNet: conv1, bn1, relu, maxpool, layer1–4,
+avgpool, fc; timm: ``forward_features``, ``forward_head(pre_logits=True)``,
+``get_classifier()``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..contract import MixableClassifier
+
+__all__ = ["TorchvisionResNet", "TimmModel", "adapt"]
+
+_RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
+
+
+class TorchvisionResNet(MixableClassifier):
+    """A torchvision ResNet (resnet18 … resnet152, wide/ResNeXt variants) as stem + four stages.
+
+    Parameters are shared with the wrapped model (no copy).
+    """
+
+    def __init__(self, model: nn.Module):
+        missing = [p for p in _RESNET_PARTS if not hasattr(model, p)]
+        if missing:
+            raise TypeError(f"model is not a torchvision ResNet (missing {', '.join(missing)})")
+        stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+        super().__init__([stem, model.layer1, model.layer2, model.layer3, model.layer4], model.fc)
+
+
+class _TimmFeatures(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+
+class TimmModel(MixableClassifier):
+    """A timm model: one stage (``forward_features``), timm's own pooling, its classifier as head.
+
+    Dense features follow the contract's (m, d, *spatial) layout: CNN maps
+    (m, C, H, W) stay as they are; token sequences (m, L, d) of transformers
+    become (m, d, L), and NHWC maps (``output_fmt == "NHWC"``) become NCHW.
+    Manifold mixup can mix at layer 0 (input) or 1 (features).
+    """
+
+    def __init__(self, model: nn.Module):
+        for attr in ("forward_features", "forward_head", "get_classifier"):
+            if not hasattr(model, attr):
+                raise TypeError(f"model is not a timm model (missing {attr})")
+        head = model.get_classifier()
+        if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
+            raise ValueError("the timm model has no classifier; create it with num_classes > 0")
+        super().__init__([_TimmFeatures(model)], head)
+        self._tokens = None  # layout of forward_features, found on first use
+
+    def _layout(self, features: Tensor) -> str:
+        fmt = str(getattr(self.stages[0].model, "output_fmt", "NCHW"))
+        if features.dim() == 3:
+            return "NLC"
+        return "NHWC" if fmt.endswith("NHWC") else "NCHW"
+
+    def encode(self, x: Tensor, start: int = 0, end=None) -> Tensor:
+        features = super().encode(x, start, end)
+        if start == 0 and (end is None or end >= 1):
+            self._tokens = self._layout(features)
+            if self._tokens == "NLC":
+                return features.transpose(1, 2)
+            if self._tokens == "NHWC":
+                return features.permute(0, 3, 1, 2)
+        return features
+
+    def pool(self, features: Tensor) -> Tensor:
+        if self._tokens == "NLC":
+            features = features.transpose(1, 2)
+        elif self._tokens == "NHWC":
+            features = features.permute(0, 2, 3, 1)
+        return self.stages[0].model.forward_head(features, pre_logits=True)
+
+
+def adapt(model: nn.Module) -> MixableClassifier:
+    """Wrap a model under the contract: returns it as is if it already follows it."""
+    if isinstance(model, MixableClassifier):
+        return model
+    if all(hasattr(model, p) for p in _RESNET_PARTS):
+        return TorchvisionResNet(model)
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        return TimmModel(model)
+    raise TypeError(f"don't know how to adapt {type(model).__name__}: subclass multimix.contract.MixableClassifier "
+                    "or pass a torchvision ResNet or a timm model")

@@ -109,8 +109,8 @@ def _draw_device(generator: Optional[torch.Generator], device: torch.device) -> 
     return generator.device if generator is not None else device
 
 
-def _uniforms(numel: int, generator, device: torch.device) -> Tensor:
-    """(numel,) float32 uniforms on (0, 1), never exactly 0.
+def _uniforms(numel: int, generator, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(numel,) uniforms on (0, 1) (never exactly 0) with 32 random bits each.
 
     On the CPU, torch's Mersenne twister costs ~8 ns per 64 bits here, which
     made it the whole cost of sampling Λ. Instead one 63-bit seed is drawn from
@@ -119,15 +119,15 @@ def _uniforms(numel: int, generator, device: torch.device) -> Tensor:
     Elsewhere torch's own generator is used.
     """
     if device.type != "cpu":
-        return torch.rand(numel, generator=generator, device=device).clamp_min_(2.0**-33)
+        return torch.rand(numel, generator=generator, device=device, dtype=dtype).clamp_min_(2.0**-33)
     seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
     words = np.random.SFC64(seed).random_raw((numel + 1) // 2)
-    u = torch.from_numpy(words.view(np.int32)[:numel]).float()  # uniform on [-2^31, 2^31)
+    u = torch.from_numpy(words.view(np.int32)[:numel]).to(dtype)  # uniform on [-2^31, 2^31)
     return u.mul_(2.0**-32).add_(0.5).clamp_min_(2.0**-33)
 
 
-def _log_gamma(numel: int, alpha: float, generator, device: torch.device) -> Tensor:
-    """log of ``numel`` independent Gamma(alpha, 1) draws, float32, finite for every alpha > 0.
+def _log_gamma(numel: int, alpha: float, generator, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """log of ``numel`` independent Gamma(alpha, 1) draws, finite for every alpha > 0.
 
     Marsaglia & Tsang (2000) for Gamma(alpha + 1) with Box-Muller normals, then
     the boost Gamma(alpha) = Gamma(alpha + 1) · U^{1/alpha} taken in log space,
@@ -139,10 +139,10 @@ def _log_gamma(numel: int, alpha: float, generator, device: torch.device) -> Ten
     d = alpha + 1.0 - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     half = (numel + 1) // 2
-    u = _uniforms(2 * half + numel, generator, device)
+    u = _uniforms(2 * half + numel, generator, device, dtype)
     radius = u[:half].log_().mul_(-2.0).sqrt_()
     angle = u[half : 2 * half].mul_(2.0 * math.pi)
-    x = torch.empty(2 * half, device=device)
+    x = torch.empty(2 * half, device=device, dtype=dtype)
     torch.mul(radius, angle.cos(), out=x[:half])
     torch.mul(radius, angle.sin_(), out=x[half:])
     x = x[:numel]
@@ -159,7 +159,7 @@ def _log_gamma(numel: int, alpha: float, generator, device: torch.device) -> Ten
     out = log_v.add_(log_u, alpha=1.0 / alpha).add_(math.log(d))
     count = int(torch.count_nonzero(rejected))
     if count:
-        out.masked_scatter_(rejected, _log_gamma(count, alpha, generator, device))
+        out.masked_scatter_(rejected, _log_gamma(count, alpha, generator, device, dtype))
     return out
 
 
@@ -177,9 +177,10 @@ def dirichlet(
     Sampling happens in log space (a softmax of log-gamma draws), so every row
     is finite, non-negative and sums to 1 for any ``alpha > 0`` and any ``m``,
     including the near-one-hot rows of very small α that underflow to 0/0 with
-    a plain gamma sampler in float32. Sampling runs in float32 and is cast at
-    the end (in bfloat16/float16 the row sums are then exact only to that
-    dtype's precision).
+    a plain gamma sampler in float32. Sampling runs in float32 (float64 when
+    asked) and is cast at the end: in bfloat16/float16 the row sums are then
+    exact only to that dtype's precision, and in float32 a weight within ~6e-8
+    of 1 is rounded to 1.
 
     Args:
         n: number of interpolation vectors (rows), n ≥ 1.
@@ -199,7 +200,8 @@ def dirichlet(
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
     device = _resolve_device(generator, device)
-    log_g = _log_gamma(n * m, alpha, generator, _draw_device(generator, device)).view(n, m)
+    work = torch.promote_types(dtype, torch.float32)
+    log_g = _log_gamma(n * m, alpha, generator, _draw_device(generator, device), work).view(n, m)
     return torch.softmax(log_g, dim=1).to(device=device, dtype=dtype)
 
 

@@ -288,3 +288,12 @@ def test_timm_adapter(arch, kwargs, spatial):
         kw = {"layers": (0, 1)} if name == "manifold_mixup" else {}
         loss = make(name, **kw)(model.train(), x, torch.tensor([0, 4]))
         assert torch.isfinite(loss)
+
+
+def test_ema_teacher_accepts_compiled_student(tiny_model):
+    compiled = torch.compile(tiny_model)
+    distill = multimix.SelfDistillation(compiled, momentum=0.5)
+    with torch.no_grad():
+        tiny_model.head.weight.add_(1.0)
+    distill.update(compiled)
+    torch.testing.assert_close(distill.teacher.head.weight, tiny_model.head.weight - 0.5)

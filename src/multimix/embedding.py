@@ -98,7 +98,7 @@ class MultiMix:
         # masked_scatter_ fills True entries in row-major order: row k gets weights[k].
         return lam.masked_scatter_(mask, weights)
 
-    def _prepare(self, z: Tensor, y: Tensor, head, lam: Optional[Tensor], min_dim: int):
+    def _prepare(self, z: Tensor, y: Tensor, head, lam: Optional[Tensor]):
         if not isinstance(z, Tensor):
             raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
         if not callable(head):
@@ -123,7 +123,7 @@ class MultiMix:
         if isinstance(z, Tensor) and z.dim() != 2:
             raise ValueError(f"z must be pooled embeddings of shape (m, d), got {tuple(z.shape)}; "
                              "use DenseMultiMix for (m, d, *spatial)")
-        targets, lam = self._prepare(z, y, head, lam, min_dim=2)
+        targets, lam = self._prepare(z, y, head, lam)
         if targets.dim() != 2:
             raise ValueError(f"soft targets y must have shape (m, c) for MultiMix, got {tuple(targets.shape)}")
         mixed_targets = MF.interpolate(lam, targets)  # (n, c)
@@ -195,7 +195,7 @@ class DenseMultiMix(MultiMix):
         if isinstance(z, Tensor) and z.dim() < 3:
             raise ValueError(f"z must be dense features of shape (m, d, *spatial) with at least one spatial dim, "
                              f"got {tuple(z.shape)}; use MultiMix for pooled (m, d) embeddings")
-        targets, lam = self._prepare(z, y, head, lam, min_dim=3)
+        targets, lam = self._prepare(z, y, head, lam)
         spatial = z.shape[2:]
         zf = MF.flatten_positions(z)  # (m, d, r)
         if targets.dim() > 2:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Dict
 
 import torch
@@ -12,6 +11,15 @@ from torch import Tensor, nn
 from .. import functional as MF
 
 __all__ = ["SelfDistillation"]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind torch.compile (``_orig_mod``) and DDP (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 class SelfDistillation:
@@ -45,7 +53,7 @@ class SelfDistillation:
         self.momentum = float(momentum)
         self.temperature = float(temperature)
         self.weight = float(weight)
-        self.teacher = copy.deepcopy(model).eval()
+        self.teacher = copy.deepcopy(_unwrap(model)).eval()
         self.teacher.requires_grad_(False)
 
     def __repr__(self) -> str:
@@ -54,6 +62,7 @@ class SelfDistillation:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """θ_t ← μ θ_t + (1 − μ) θ_s for parameters and floating buffers; copy the others."""
+        model = _unwrap(model)
         student = dict(model.named_parameters())
         student.update(model.named_buffers())
         for name, t in list(self.teacher.named_parameters()) + list(self.teacher.named_buffers()):

@@ -223,3 +223,11 @@ def test_mixupe_term_matches_official(threshold, detach):
     torch.testing.assert_close(ours, ref)
     ours.backward(), ref.backward()
     torch.testing.assert_close(f1.grad, f2.grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dirichlet_on_cuda_with_cuda_generator():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    lam = MF.dirichlet(1000, 128, 1e-3, generator=g)
+    assert lam.device.type == "cuda" and torch.isfinite(lam).all()
+    torch.testing.assert_close(lam.sum(1), torch.ones(1000, device="cuda"), atol=1e-5, rtol=0)

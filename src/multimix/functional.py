@@ -150,7 +150,7 @@ def _log_gamma(numel: int, alpha: float, generator, device: torch.device, dtype:
     # with |x| <= 6.8 (the largest Box-Muller radius from 32-bit uniforms) the
     # test below then always rejects.
     t = x.mul(c).add_(1.0).clamp_min_(1e-10)
-    v = t * t * t
+    v = t.square().mul_(t)
     log_v = t.log_().mul_(3.0)
     rhs = x.mul_(x).mul_(0.5).add_(d).sub_(v, alpha=d).add_(log_v, alpha=d)
     log_u = u[2 * half :].log_()
@@ -202,7 +202,21 @@ def dirichlet(
     device = _resolve_device(generator, device)
     work = torch.promote_types(dtype, torch.float32)
     log_g = _log_gamma(n * m, alpha, generator, _draw_device(generator, device), work).view(n, m)
-    return torch.softmax(log_g, dim=1).to(device=device, dtype=dtype)
+    return _softmax_without_subnormals(log_g).to(device=device, dtype=dtype)
+
+
+def _softmax_without_subnormals(log_w: Tensor) -> Tensor:
+    """Row softmax that floors each weight at ~e·tiny/m of the row maximum instead of going subnormal.
+
+    Small α puts most log-weights hundreds of units below the row maximum;
+    their exponentials are subnormal, and subnormal arithmetic made the plain
+    softmax several times slower on x86 CPUs. The floor (≈ 1e-36 of the
+    largest weight in float32) is far below what the row sum can resolve.
+    """
+    m = log_w.shape[1]
+    floor = math.log(torch.finfo(log_w.dtype).tiny) + math.log(m) + 1.0
+    w = (log_w - log_w.amax(dim=1, keepdim=True)).clamp_min_(floor).exp_()
+    return w.div_(w.sum(dim=1, keepdim=True))
 
 
 def sample_beta(alpha: float, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:

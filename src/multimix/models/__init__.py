@@ -7,7 +7,7 @@ from .cnn1d import CNN1D, cnn1d
 from .preact_resnet import PreActResNet, preact_resnet18, preact_resnet_small
 
 __all__ = ["CNN1D", "cnn1d", "PreActResNet", "preact_resnet18", "preact_resnet_small",
-           "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model"]
+           "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model"]
 
 MODELS = {
     "cnn1d": cnn1d,
@@ -21,3 +21,43 @@ def create_model(name: str, **kwargs):
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     return MODELS[name](**kwargs)
+
+
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+def build_model(name: str, *, num_classes: int, input_shape, width=None):
+    """A model for a data set: built-in names, torchvision ResNets by name, or ``timm:<name>``.
+
+    Args:
+        name: one of ``MODELS``, ``TORCHVISION_RESNETS``, or ``timm:<model name>``.
+        num_classes: c.
+        input_shape: (channels, *spatial) of one example.
+        width: channels of ``cnn1d`` / first-group width of the PreActResNets (default: theirs).
+    """
+    in_channels = input_shape[0]
+    if name in MODELS:
+        kwargs = {"num_classes": num_classes, "in_channels": in_channels}
+        if width is not None:
+            kwargs["channels" if name == "cnn1d" else "width"] = width
+        if (name == "cnn1d") != (len(input_shape) == 2):
+            kind = "1-D sequences" if name == "cnn1d" else "images"
+            raise ValueError(f"model {name!r} is for {kind}, but the data has examples of shape {tuple(input_shape)}")
+        return MODELS[name](**kwargs)
+    if name in TORCHVISION_RESNETS:
+        try:
+            import torchvision
+        except ImportError as err:
+            raise ImportError(f"model {name!r} needs torchvision: pip install 'multimix[vision]'") from err
+        return adapt(getattr(torchvision.models, name)(num_classes=num_classes))
+    if name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as err:
+            raise ImportError(f"model {name!r} needs timm: pip install 'multimix[vision]'") from err
+        arch = name.split(":", 1)[1]
+        if arch not in timm.list_models():
+            raise ValueError(f"unknown timm model {arch!r} (see timm.list_models())")
+        return adapt(timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels))
+    valid = ", ".join([*MODELS, *TORCHVISION_RESNETS, "timm:<name>"])
+    raise ValueError(f"unknown model {name!r}; valid models: {valid}")

@@ -1,0 +1,170 @@
+"""``multimix bench``: compare methods over seeds, with a paired test against the best baseline.
+
+Every method trains with the same data, network, budget and seeds; seed s
+fixes the initial weights, the data order and the method's draws. The table
+reports mean ± std of test accuracy, and for each of our methods the paired
+difference to the best baseline (the baseline with the highest mean) with a
+95% t-interval and a paired t-test p-value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .train import TrainConfig, train
+
+__all__ = ["BenchEntry", "DEFAULT_ENTRIES", "run_bench", "paired_comparison"]
+
+# (label, method, method_args, distill, ours?)
+BenchEntry = Tuple[str, str, Dict[str, Any], Optional[Dict[str, float]], bool]
+
+DISTILL = {"momentum": 0.99, "temperature": 1.0, "weight": 0.5}
+
+DEFAULT_ENTRIES: List[BenchEntry] = [
+    ("ERM", "erm", {}, None, False),
+    ("input mixup", "mixup", {"alpha": 0.2}, None, False),
+    ("CutMix", "cutmix", {"alpha": 1.0}, None, False),
+    ("manifold mixup", "manifold_mixup", {"alpha": 2.0, "layers": [0, 1, 2, 3, 4]}, None, False),
+    ("MixupE", "mixupe", {"alpha": 0.2}, None, False),
+    ("MultiMix", "multimix", {"n": 1000, "alpha": 0.02}, None, True),
+    ("Dense MultiMix", "dense_multimix", {"n": 1000, "alpha": 0.02}, None, True),
+    ("MultiMix + self-distillation", "multimix", {"n": 1000, "alpha": 0.02}, DISTILL, True),
+]
+
+# The embedded default: MNIST-1D with a test set large enough to resolve a few tenths of a point.
+DEFAULT_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", width=32, num_train=4000, num_test=4000,
+                             epochs=15, batch_size=128, lr=0.1, schedule="cosine", progress=False, checkpoint=False)
+
+
+def _t_quantile(p: float, dof: int) -> float:
+    try:
+        from scipy import stats
+        return float(stats.t.ppf(p, dof))
+    except ImportError:  # normal approximation
+        return 1.959963984540054 if p == 0.975 else float("nan")
+
+
+def paired_comparison(ours: Sequence[float], baseline: Sequence[float]) -> Dict[str, float]:
+    """Mean paired difference, its 95% t-interval and the two-sided paired t-test p-value."""
+    diff = np.asarray(ours, dtype=float) - np.asarray(baseline, dtype=float)
+    k = len(diff)
+    mean = float(diff.mean())
+    if k < 2:
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "p": float("nan")}
+    se = float(diff.std(ddof=1)) / math.sqrt(k)
+    half = _t_quantile(0.975, k - 1) * se
+    if se == 0:
+        p = 0.0 if mean != 0 else 1.0
+    else:
+        try:
+            from scipy import stats
+            p = float(stats.ttest_rel(ours, baseline).pvalue)
+        except ImportError:
+            p = float("nan")
+    return {"mean": mean, "low": mean - half, "high": mean + half, "p": p}
+
+
+def run_bench(out_dir: Path, *, seeds: int = 3, entries: Sequence[BenchEntry] = DEFAULT_ENTRIES,
+              base: TrainConfig = DEFAULT_CONFIG, log=print) -> Dict[str, Any]:
+    """Train every entry for every seed; write results.{md,csv,json} and results.png to ``out_dir``."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs: List[Dict[str, Any]] = []
+    start = time.perf_counter()
+    for label, method, args, distill, ours in entries:
+        for seed in range(seeds):
+            config = replace(base, method=method, method_args=dict(args), distill=distill, seed=seed,
+                             out_dir=str(out_dir / "runs" / f"{method}-{seed}"), checkpoint=False, progress=False)
+            t0 = time.perf_counter()
+            final = train(config)["final"]
+            runs.append({"label": label, "method": method, "ours": ours, "seed": seed,
+                         "test_accuracy": final["test_accuracy"], "time_s": time.perf_counter() - t0,
+                         "method_args": args, "distill": distill})
+            log(f"{label:30s} seed {seed}: test accuracy {final['test_accuracy']:.2f}%  "
+                f"({runs[-1]['time_s']:.1f} s, {time.perf_counter() - start:.0f} s total)")
+    results = summarise(runs)
+    results["setting"] = {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")}
+    results["seeds"] = seeds
+    results["wall_time_s"] = time.perf_counter() - start
+    write_results(results, out_dir)
+    return results
+
+
+def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    acc = {label: [r["test_accuracy"] for r in sorted(runs, key=lambda r: r["seed"]) if r["label"] == label]
+           for label in labels}
+    is_ours = {r["label"]: r["ours"] for r in runs}
+    baselines = [label for label in labels if not is_ours[label]]
+    best = max(baselines, key=lambda label: np.mean(acc[label])) if baselines else None
+    rows = []
+    for label in labels:
+        values = acc[label]
+        row = {"method": label, "ours": is_ours[label], "mean": float(np.mean(values)),
+               "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"), "accuracies": values}
+        if best is not None and is_ours[label]:
+            row["vs_best_baseline"] = paired_comparison(values, acc[best])
+        rows.append(row)
+    return {"best_baseline": best, "rows": rows, "runs": runs}
+
+
+def markdown_table(results: Dict[str, Any]) -> str:
+    best = results["best_baseline"]
+    lines = [f"| method | test accuracy (%) mean ± std | Δ vs best baseline ({best}) [95% CI] | paired t-test p |",
+             "|---|---|---|---|"]
+    for row in results["rows"]:
+        cmp = row.get("vs_best_baseline")
+        delta = f"{cmp['mean']:+.2f} [{cmp['low']:+.2f}, {cmp['high']:+.2f}]" if cmp else "—"
+        p = f"{cmp['p']:.3f}" if cmp and not math.isnan(cmp["p"]) else "—"
+        name = f"**{row['method']}**" if row["ours"] else row["method"]
+        lines.append(f"| {name} | {row['mean']:.2f} ± {row['std']:.2f} | {delta} | {p} |")
+    return "\n".join(lines)
+
+
+def write_results(results: Dict[str, Any], out_dir: Path) -> None:
+    setting = results.get("setting", {})
+    header = (f"{setting.get('dataset')} ({setting.get('num_train')} train / {setting.get('num_test')} test), "
+              f"{setting.get('model')} (width {setting.get('width')}), {setting.get('epochs')} epochs, "
+              f"{results.get('seeds')} seeds; bold = ours.")
+    (out_dir / "results.md").write_text(header + "\n\n" + markdown_table(results) + "\n")
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "ours", "seed", "test_accuracy", "time_s"])
+        for r in results["runs"]:
+            writer.writerow([r["label"], r["ours"], r["seed"], f"{r['test_accuracy']:.4f}", f"{r['time_s']:.2f}"])
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    plot_results(results, out_dir / "results.png")
+
+
+def plot_results(results: Dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = results["rows"]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    for i, row in enumerate(rows):
+        color = "tab:red" if row["ours"] else "tab:blue"
+        ax.errorbar(row["mean"], i, xerr=0 if math.isnan(row["std"]) else row["std"], fmt="o", color=color, capsize=4)
+        ax.scatter(row["accuracies"], [i] * len(row["accuracies"]), color=color, alpha=0.35, s=14)
+    ax.set_yticks(range(len(rows)), [row["method"] for row in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy (%) — mean ± std, dots are seeds")
+    setting = results.get("setting", {})
+    ax.set_title(f"{setting.get('dataset')}, {setting.get('model')}, {results.get('seeds')} seeds (red: ours)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -111,8 +111,13 @@ def _image_transforms(train: bool, size: int, mean_std, augment: bool):
     except ImportError as err:
         raise ImportError("image data sets need torchvision: pip install 'multimix[vision]'") from err
     steps = []
-    if train and augment:
-        steps += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
+    if size >= 128:  # ImageNet-style: random-resized crops for training, resize to 8/7 and centre-crop for testing
+        if train and augment:
+            steps += [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        else:
+            steps += [T.Resize(size * 8 // 7), T.CenterCrop(size)]
+    elif train and augment:  # CIFAR-style: random crop with padding, horizontal flip
+        steps += [T.Resize(size), T.CenterCrop(size), T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
     else:
         steps += [T.Resize(size), T.CenterCrop(size)]
     steps += [T.ToTensor(), T.Normalize(*mean_std)]

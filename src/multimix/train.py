@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from .data import DATASETS, load_dataset
 from .evaluation import evaluate
 from .methods import METHODS, SelfDistillation, create_method
-from .models import build_model
+from .models import MODELS, TORCHVISION_RESNETS, build_model
 
 __all__ = ["TrainConfig", "train", "NonFiniteLossError", "CheckpointError", "load_checkpoint"]
 
@@ -78,6 +78,7 @@ class TrainConfig:
     workers: int = 0
     out_dir: str = "runs/train"
     resume: bool = False
+    stop_after_epochs: Optional[int] = None  # end this invocation early (the schedule still spans `epochs`); resume later
     checkpoint: bool = True
     progress: bool = True
     eval_every: int = 1
@@ -87,6 +88,9 @@ class TrainConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(DATASETS)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        if not (self.model in MODELS or self.model in TORCHVISION_RESNETS or self.model.startswith("timm:")):
+            valid = ", ".join([*MODELS, *TORCHVISION_RESNETS, "timm:<name>"])
+            raise ValueError(f"unknown model {self.model!r}; valid models: {valid}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
         for name in ("epochs", "batch_size", "eval_every"):
@@ -244,7 +248,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     # ---- the loop
     status, epoch = "completed", start_epoch
     try:
-        for epoch in range(start_epoch, config.epochs):
+        last_epoch = config.epochs if config.stop_after_epochs is None else min(config.epochs, start_epoch + config.stop_after_epochs)
+        for epoch in range(start_epoch, last_epoch):
             # Every random draw of this epoch follows from (seed, epoch): resuming reproduces it.
             torch.manual_seed(_epoch_seed(config.seed, epoch))
             method_generator.manual_seed(_epoch_seed(config.seed, epoch) + 1)
@@ -298,6 +303,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     finally:
         metrics.close()
 
+    if status == "completed" and len(history) < config.epochs:
+        status = "stopped"
     final = history[-1] if history else {}
     summary = {"status": status, "epochs_completed": len(history), "config": dataclasses.asdict(config),
                "final": final, "num_parameters": sum(p.numel() for p in model.parameters())}

@@ -37,5 +37,14 @@ def create_method(name: str, **kwargs) -> Method:
         base_name = kwargs.pop("base", "mixup")
         if base_name not in ("mixup", "cutmix", "manifold_mixup"):
             raise ValueError(f"MixupE base must be one of mixup, cutmix, manifold_mixup; got {base_name!r}")
-        return MixupE(METHODS[base_name](**kwargs), **extra)
-    return METHODS[name](**kwargs)
+        return MixupE(_construct(base_name, kwargs), **extra)
+    return _construct(name, kwargs)
+
+
+def _construct(name: str, kwargs: dict) -> Method:
+    try:
+        return METHODS[name](**kwargs)
+    except TypeError as err:
+        if "unexpected keyword" in str(err) or "got an unexpected" in str(err):
+            raise ValueError(f"method {name!r} does not take {str(err).split('argument')[-1].strip()}: {err}") from err
+        raise

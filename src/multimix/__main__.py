@@ -1,0 +1,7 @@
+"""``python -m multimix`` = the ``multimix`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -297,3 +297,17 @@ def test_ema_teacher_accepts_compiled_student(tiny_model):
         tiny_model.head.weight.add_(1.0)
     distill.update(compiled)
     torch.testing.assert_close(distill.teacher.head.weight, tiny_model.head.weight - 0.5)
+
+
+def test_self_distillation_warmup_ramps_the_teacher_weight(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    distill = multimix.SelfDistillation(tiny_model, weight=0.6, warmup_steps=4)
+    hard = MF.as_soft_targets(y, 4)
+    assert distill.current_weight == 0.0
+    torch.testing.assert_close(distill.targets(x, hard), hard)
+    for expected in (0.15, 0.3, 0.45, 0.6, 0.6):
+        distill.update(tiny_model)
+        assert distill.current_weight == pytest.approx(expected)
+    restored = multimix.SelfDistillation(tiny_model, weight=0.6, warmup_steps=4)
+    restored.load_state_dict(distill.state_dict())
+    assert restored.updates == 5

@@ -26,7 +26,7 @@ __all__ = ["BenchEntry", "DEFAULT_ENTRIES", "run_bench", "paired_comparison"]
 # (label, method, method_args, distill, ours?)
 BenchEntry = Tuple[str, str, Dict[str, Any], Optional[Dict[str, float]], bool]
 
-DISTILL = {"momentum": 0.99, "temperature": 1.0, "weight": 0.5}
+DISTILL = {"momentum": 0.99, "temperature": 1.0, "weight": 0.5, "warmup_steps": 200}
 
 DEFAULT_ENTRIES: List[BenchEntry] = [
     ("ERM", "erm", {}, None, False),

@@ -25,7 +25,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 _METHOD_FLAGS = {"alpha": "alpha", "n": "n", "tuple_size": "tuple_size", "clean_weight": "clean_weight",
                  "attention": "attention", "layers": "layers", "eta": "eta", "mixupe_version": "version",
                  "threshold": "threshold", "base": "base", "label_smoothing": "label_smoothing"}
-_DISTILL_FLAGS = {"distill_momentum": "momentum", "distill_temperature": "temperature", "distill_weight": "weight"}
+_DISTILL_FLAGS = {"distill_momentum": "momentum", "distill_temperature": "temperature", "distill_weight": "weight",
+                  "distill_warmup": "warmup_steps"}
 
 
 def bundled_configs() -> List[str]:
@@ -86,6 +87,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--distill-momentum", dest="distill_momentum", type=float)
     g.add_argument("--distill-temperature", dest="distill_temperature", type=float)
     g.add_argument("--distill-weight", dest="distill_weight", type=float)
+    g.add_argument("--distill-warmup", dest="distill_warmup", type=int, help="steps over which the teacher's weight ramps up")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", dest="batch_size", type=int)

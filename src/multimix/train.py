@@ -239,7 +239,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         if distill is not None:
             if state.get("teacher") is None:
                 raise CheckpointError(f"checkpoint {checkpoint_path} has no EMA teacher but this run uses self-distillation")
-            _load_into(distill.teacher, state["teacher"], "EMA teacher", checkpoint_path)
+            _load_into(distill, state["teacher"], "EMA teacher", checkpoint_path)
         start_epoch, history = state["epoch"], state.get("history", [])
     if write:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -290,7 +290,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             if write:
                 _save_atomic({
                     "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "teacher": distill.teacher.state_dict() if distill else None,
+                    "scheduler": scheduler.state_dict(), "teacher": distill.state_dict() if distill else None,
                     "rng": {"torch": torch.get_rng_state(), "method": method_generator.get_state()},
                     "config": dataclasses.asdict(config), "history": history,
                 }, checkpoint_path)

@@ -35,14 +35,22 @@ class SelfDistillation:
     (batch-norm statistics); integer buffers are copied. It predicts in eval mode
     without gradients.
 
+    A teacher that starts from the random initialisation predicts near-uniform
+    targets, and blending those in from the first step traps the student in
+    unconfident predictions (on MNIST-1D with a 1-D CNN: 80–87% instead of 97%
+    test accuracy). ``warmup_steps`` ramps the blend linearly from 0 to
+    ``weight`` over the first updates.
+
     Args:
         model: the student (a model following :mod:`multimix.contract`); it is deep-copied.
         momentum: μ in [0, 1).
         temperature: T > 0 of the teacher's softmax.
         weight: blend in [0, 1] between hard (0) and teacher (1) targets.
+        warmup_steps: updates over which the blend ramps up from 0 to ``weight``.
     """
 
-    def __init__(self, model: nn.Module, momentum: float = 0.999, temperature: float = 1.0, weight: float = 0.5):
+    def __init__(self, model: nn.Module, momentum: float = 0.999, temperature: float = 1.0, weight: float = 0.5,
+                 warmup_steps: int = 0):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
@@ -50,6 +58,10 @@ class SelfDistillation:
         MF.check_alpha(temperature, "temperature")
         if not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
             raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        self.warmup_steps = warmup_steps
+        self.updates = 0
         self.momentum = float(momentum)
         self.temperature = float(temperature)
         self.weight = float(weight)
@@ -57,11 +69,20 @@ class SelfDistillation:
         self.teacher.requires_grad_(False)
 
     def __repr__(self) -> str:
-        return f"SelfDistillation(momentum={self.momentum}, temperature={self.temperature}, weight={self.weight})"
+        return (f"SelfDistillation(momentum={self.momentum}, temperature={self.temperature}, weight={self.weight}, "
+                f"warmup_steps={self.warmup_steps})")
+
+    @property
+    def current_weight(self) -> float:
+        """The blend used now: ``weight`` · min(1, updates / warmup_steps)."""
+        if self.warmup_steps == 0:
+            return self.weight
+        return self.weight * min(1.0, self.updates / self.warmup_steps)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """θ_t ← μ θ_t + (1 − μ) θ_s for parameters and floating buffers; copy the others."""
+        self.updates += 1
         model = _unwrap(model)
         student = dict(model.named_parameters())
         student.update(model.named_buffers())
@@ -86,14 +107,18 @@ class SelfDistillation:
 
     def targets(self, x: Tensor, hard: Tensor, *, dense: bool = False) -> Tensor:
         """Blend hard targets (m, c) with the teacher's: (m, c) or (m, c, *spatial)."""
+        weight = self.current_weight
+        if weight == 0.0:
+            return hard
         soft = self.predict(x, dense=dense)
         if soft.shape[1] != hard.shape[1]:
             raise ValueError(f"teacher predicts {soft.shape[1]} classes but the targets have {hard.shape[1]}")
         hard = hard.view(*hard.shape, *([1] * (soft.dim() - 2)))
-        return (1.0 - self.weight) * hard + self.weight * soft
+        return (1.0 - weight) * hard + weight * soft
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"teacher": self.teacher.state_dict()}
+        return {"teacher": self.teacher.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
+        self.updates = int(state.get("updates", 0))

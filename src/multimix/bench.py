@@ -40,8 +40,9 @@ DEFAULT_ENTRIES: List[BenchEntry] = [
 ]
 
 # The embedded default: MNIST-1D with a test set large enough to resolve a few tenths of a point.
-DEFAULT_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", width=32, num_train=4000, num_test=4000,
-                             epochs=15, batch_size=128, lr=0.1, schedule="cosine", progress=False, checkpoint=False)
+DEFAULT_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", width=32, num_train=4000, num_test=10000,
+                             epochs=15, eval_every=15, batch_size=128, lr=0.1, schedule="cosine", progress=False,
+                             checkpoint=False)
 
 
 def _t_quantile(p: float, dof: int) -> float:

@@ -226,7 +226,11 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
-    forward_model = torch.compile(model) if config.compile else model
+    if config.compile:
+        # Compile each piece in place: methods call encode/pool/head, not only forward.
+        for stage in model.stages:
+            stage.compile()
+        model.head.compile()
     use_amp = config.amp and device.type == "cuda"
 
     # ---- resume
@@ -262,7 +266,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             for x, y in bar:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = method(forward_model, x, y)
+                    loss = method(model, x, y)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"loss became {loss.item()} at epoch {epoch + 1}; stopped. The last good checkpoint "

@@ -145,6 +145,9 @@ def test_bench_writes_table_and_plot(tmp_path, capsys):
     assert len(results["runs"]) == 6 and results["best_baseline"] in ("ERM", "input mixup")
     mm = next(r for r in results["rows"] if r["method"] == "MultiMix")
     assert "vs_best_baseline" in mm
+    assert {"pgd_error", "ece", "energy_auroc", "alignment", "uniformity"} <= set(mm)
+    assert "PGD error" in (tmp_path / "bench" / "results.md").read_text()
+    assert _png_ok(tmp_path / "bench" / "embeddings.png")
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -198,3 +201,36 @@ def test_config_file_and_flag_override(tmp_path):
     yaml_path.write_text("epochz: 3\n")
     with pytest.raises(ValueError, match="unknown keys"):
         config_from_args(parser.parse_args(["train", "--config", str(yaml_path)]))
+
+
+def _png_ok(path, min_bytes=5000):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > min_bytes
+
+
+def test_eval_command_writes_report_and_plots(tmp_path, capsys):
+    train(tiny(tmp_path, num_train=512, num_test=256, epochs=2))
+    assert main(["eval", str(tmp_path / "run" / "last.pt"), "--pgd-steps", "3", "--attack-limit", "128"]) == 0
+    out_dir = tmp_path / "run" / "eval"
+    result = json.loads((out_dir / "eval.json").read_text())
+    for key in ("accuracy", "ece", "fgsm_error", "pgd_error", "msp_auroc", "energy_auroc", "msp_fpr95",
+                "energy_fpr95", "alignment", "uniformity", "class_distance_ratio"):
+        assert key in result, key
+    assert 0 <= result["ece"] <= 100 and 0 <= result["energy_auroc"] <= 100
+    assert result["pgd_error"] >= result["clean_error"] and result["fgsm_error"] >= result["clean_error"]
+    assert _png_ok(out_dir / "reliability.png") and _png_ok(out_dir / "embeddings.png")
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_eval_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope.pt")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_speed_command(tmp_path, capsys):
+    assert main(["speed", "--out-dir", str(tmp_path / "speed"), "--ns", "10", "300", "--repeats", "1",
+                 "--width", "8", "--batch-size", "32"]) == 0
+    rows = json.loads((tmp_path / "speed" / "speed.json").read_text())
+    assert [r["n"] for r in rows] == [10, 300]
+    assert rows[1]["mixup_passes"] == 10 and not rows[1]["mixup_extrapolated"]
+    assert all(r["multimix_examples_per_s"] > 0 and r["mixup_examples_per_s"] > 0 for r in rows)
+    assert _png_ok(tmp_path / "speed" / "speed.png")

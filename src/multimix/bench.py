@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .evaluation import report
+from .metrics import plot_embeddings
 from .train import TrainConfig, train
 
 __all__ = ["BenchEntry", "DEFAULT_ENTRIES", "run_bench", "paired_comparison"]
@@ -73,31 +75,57 @@ def paired_comparison(ours: Sequence[float], baseline: Sequence[float]) -> Dict[
     return {"mean": mean, "low": mean - half, "high": mean + half, "p": p}
 
 
-def run_bench(out_dir: Path, *, seeds: int = 3, entries: Sequence[BenchEntry] = DEFAULT_ENTRIES,
-              base: TrainConfig = DEFAULT_CONFIG, log=print) -> Dict[str, Any]:
-    """Train every entry for every seed; write results.{md,csv,json} and results.png to ``out_dir``."""
+# Evaluation columns reported per method (mean over seeds): name -> (header, lower is better?)
+EXTRA_COLUMNS = {
+    "fgsm_error": ("FGSM error %", True),
+    "pgd_error": ("PGD error %", True),
+    "ece": ("ECE %", True),
+    "energy_auroc": ("OOD AUROC % (energy)", False),
+    "msp_fpr95": ("OOD FPR95 % (MSP)", True),
+    "alignment": ("alignment", True),
+    "uniformity": ("uniformity", True),
+    "class_distance_ratio": ("intra/inter distance", True),
+}
+
+
+def run_bench(out_dir: Path, *, seeds: int = 5, entries: Sequence[BenchEntry] = DEFAULT_ENTRIES,
+              base: TrainConfig = DEFAULT_CONFIG, pgd_steps: int = 7, attack_limit: int = 1000,
+              log=print) -> Dict[str, Any]:
+    """Train every entry for every seed, evaluate it, and write results.{md,csv,json}, results.png and
+    embeddings.png (a 2-D PCA of seed 0's test embeddings, one panel per method) to ``out_dir``."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: List[Dict[str, Any]] = []
+    embeddings: Dict[str, Any] = {}
     start = time.perf_counter()
     for label, method, args, distill, ours in entries:
         for seed in range(seeds):
             config = replace(base, method=method, method_args=dict(args), distill=distill, seed=seed,
                              out_dir=str(out_dir / "runs" / f"{method}-{seed}"), checkpoint=False, progress=False)
             t0 = time.perf_counter()
-            final = train(config)["final"]
+            summary = train(config)
+            final = summary["final"]
+            extra = report(summary["model"], summary["splits"], pgd_steps=pgd_steps, attack_limit=attack_limit,
+                           device=next(summary["model"].parameters()).device, seed=seed)
+            predictions = extra.pop("_predictions")
+            if seed == 0:
+                embeddings[label] = (predictions["embeddings"][:2000], predictions["labels"][:2000])
             runs.append({"label": label, "method": method, "ours": ours, "seed": seed,
                          "test_accuracy": final["test_accuracy"], "time_s": time.perf_counter() - t0,
-                         "method_args": args, "distill": distill})
-            log(f"{label:30s} seed {seed}: test accuracy {final['test_accuracy']:.2f}%  "
+                         "method_args": args, "distill": distill,
+                         **{k: v for k, v in extra.items() if k in EXTRA_COLUMNS}})
+            log(f"{label:30s} seed {seed}: test accuracy {final['test_accuracy']:.2f}%, "
+                f"PGD error {extra['pgd_error']:.1f}%, ECE {extra['ece']:.2f}%  "
                 f"({runs[-1]['time_s']:.1f} s, {time.perf_counter() - start:.0f} s total)")
     results = summarise(runs)
     results["setting"] = {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")}
     results["seeds"] = seeds
     results["wall_time_s"] = time.perf_counter() - start
     write_results(results, out_dir)
+    plot_embeddings(embeddings, out_dir / "embeddings.png", method="pca",
+                    title=f"test embeddings (seed 0), 2-D PCA, coloured by class")
     return results
 
 
@@ -113,6 +141,10 @@ def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         values = acc[label]
         row = {"method": label, "ours": is_ours[label], "mean": float(np.mean(values)),
                "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"), "accuracies": values}
+        for key in EXTRA_COLUMNS:
+            column = [r[key] for r in runs if r["label"] == label and key in r]
+            if column:
+                row[key] = float(np.mean(column))
         if best is not None and is_ours[label]:
             row["vs_best_baseline"] = paired_comparison(values, acc[best])
         rows.append(row)
@@ -132,17 +164,36 @@ def markdown_table(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def evaluation_table(results: Dict[str, Any]) -> str:
+    """Mean over seeds of the evaluation columns (robustness, calibration, OOD, embeddings)."""
+    keys = [k for k in EXTRA_COLUMNS if any(k in row for row in results["rows"])]
+    if not keys:
+        return ""
+    lines = ["| method | " + " | ".join(EXTRA_COLUMNS[k][0] for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for row in results["rows"]:
+        name = f"**{row['method']}**" if row["ours"] else row["method"]
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]:.3g}" if k in row else "—" for k in keys) + " |")
+    return "\n".join(lines)
+
+
 def write_results(results: Dict[str, Any], out_dir: Path) -> None:
     setting = results.get("setting", {})
     header = (f"{setting.get('dataset')} ({setting.get('num_train')} train / {setting.get('num_test')} test), "
               f"{setting.get('model')} (width {setting.get('width')}), {setting.get('epochs')} epochs, "
               f"{results.get('seeds')} seeds; bold = ours.")
-    (out_dir / "results.md").write_text(header + "\n\n" + markdown_table(results) + "\n")
+    evaluation = evaluation_table(results)
+    note = ("\n\nMeans over seeds. Attacks: L∞ FGSM and PGD on the first test examples (ε = 8/255 of the input "
+            "range); ECE with 15 bins; OOD: test set vs its spatially shuffled copy; embedding metrics on "
+            "ℓ2-normalised pooled embeddings (Wang & Isola, 2020; lower is better for all three).\n")
+    (out_dir / "results.md").write_text(header + "\n\n" + markdown_table(results) + "\n\n" + evaluation + note)
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", "ours", "seed", "test_accuracy", "time_s"])
+        extra = [k for k in EXTRA_COLUMNS if any(k in r for r in results["runs"])]
+        writer.writerow(["method", "ours", "seed", "test_accuracy", "time_s", *extra])
         for r in results["runs"]:
-            writer.writerow([r["label"], r["ours"], r["seed"], f"{r['test_accuracy']:.4f}", f"{r['time_s']:.2f}"])
+            writer.writerow([r["label"], r["ours"], r["seed"], f"{r['test_accuracy']:.4f}", f"{r['time_s']:.2f}",
+                             *(f"{r[k]:.5g}" for k in extra)])
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     plot_results(results, out_dir / "results.png")
 

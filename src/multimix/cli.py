@@ -1,4 +1,4 @@
-"""The ``multimix`` command line: ``multimix train`` and ``multimix bench``.
+"""The ``multimix`` command line: ``train``, ``bench``, ``eval``, ``speed`` and ``configs``.
 
 ``multimix bench`` with no arguments compares every method on MNIST-1D
 (generated locally) over 5 seeds and writes results.{md,csv,json,png}.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+
+import torch
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -159,11 +161,100 @@ def _bench(args) -> int:
           flush=True)
     results = run_bench(Path(args.out_dir), seeds=args.seeds, entries=entries, base=base,
                         log=lambda line: print(line, flush=True))
-    from .bench import markdown_table
+    from .bench import evaluation_table, markdown_table
 
-    print("\n" + markdown_table(results))
-    print(f"\nwrote {args.out_dir}/results.md, results.csv, results.json, results.png "
+    print("\n" + markdown_table(results) + "\n\n" + evaluation_table(results))
+    print(f"\nwrote {args.out_dir}/results.md, results.csv, results.json, results.png, embeddings.png "
           f"({results['wall_time_s']:.0f} s)")
+    return 0
+
+
+def _eval_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="robustness, calibration, OOD detection and embedding analysis of a checkpoint")
+    p.add_argument("checkpoint", help="a last.pt written by `multimix train`")
+    p.add_argument("--out-dir", help="where eval.json, reliability.png and embeddings.png go (default: beside the checkpoint)")
+    p.add_argument("--data-dir", help="override the data location stored in the checkpoint's config")
+    p.add_argument("--eps", type=float, help="L∞ budget (default 8/255 for images, the same share of the range for MNIST-1D)")
+    p.add_argument("--pgd-steps", type=int, default=10)
+    p.add_argument("--attack-limit", type=int, default=2000, help="test examples attacked (default 2000)")
+    p.add_argument("--ood", default="shuffled", help="shuffled (default), cifar10, cifar100, or imagefolder:PATH")
+    p.add_argument("--projection", choices=["pca", "tsne"], default="pca")
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def _ood_dataset(spec: str, config, splits):
+    from .data import ShuffledPositions, load_dataset
+
+    if spec == "shuffled":
+        return ShuffledPositions(splits.test)
+    if spec in ("cifar10", "cifar100"):
+        return load_dataset(spec, num_test=config.num_test).test
+    if spec.startswith("imagefolder:"):
+        return load_dataset("imagefolder", data_dir=spec.split(":", 1)[1], image_size=config.image_size,
+                            num_test=config.num_test).test
+    raise ValueError(f"unknown --ood {spec!r}; valid: shuffled, cifar10, cifar100, imagefolder:PATH")
+
+
+def _eval(args) -> int:
+    import json
+
+    from . import metrics
+    from .evaluation import report
+    from .train import _device, load_trained
+
+    device = _device(args.device)
+    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+    config, splits, model = load_trained(args.checkpoint, device=device, **overrides)
+    ood = _ood_dataset(args.ood, config, splits)
+    result = report(model, splits, ood=ood, eps=args.eps, pgd_steps=args.pgd_steps, attack_limit=args.attack_limit,
+                    device=device)
+    predictions = result.pop("_predictions")
+    out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.update({"checkpoint": str(args.checkpoint), "ood": args.ood, "method": config.method})
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    probs = torch.softmax(predictions["logits"], 1)
+    metrics.plot_reliability_diagram(probs, predictions["labels"], out_dir / "reliability.png",
+                                     title=f"{config.method} on {config.dataset}")
+    metrics.plot_embeddings({config.method: (predictions["embeddings"], predictions["labels"])},
+                            out_dir / "embeddings.png", method=args.projection)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print(f"wrote {out_dir}/eval.json, reliability.png, embeddings.png")
+    return 0
+
+
+def _speed_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("speed", help="interpolated examples per second vs n: MultiMix against input mixup")
+    p.add_argument("--out-dir", default="runs/speed")
+    p.add_argument("--model", default="cnn1d", help="cnn1d (MNIST-1D shape) or preact_resnet18/_small (32x32 images)")
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--ns", type=int, nargs="+", default=[10, 100, 1000, 10_000, 100_000])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-mixup-seconds", type=float, default=20.0)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def _speed(args) -> int:
+    import json
+
+    from .speed import measure_speed, plot_speed
+    from .train import _device
+
+    shape, classes = ((1, 40), 10) if args.model == "cnn1d" else ((3, 32, 32), 100)
+    rows = measure_speed(model_name=args.model, width=args.width, input_shape=shape, num_classes=classes,
+                         batch_size=args.batch_size, ns=args.ns, repeats=args.repeats,
+                         max_mixup_seconds=args.max_mixup_seconds, device=_device(args.device),
+                         log=lambda line: print(line, flush=True))
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(rows, indent=2))
+    plot_speed(rows, out / "speed.png", title=f"{args.model} (width {args.width}), batch {args.batch_size}")
+    print(f"wrote {out}/speed.json, speed.png")
     return 0
 
 
@@ -172,6 +263,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _bench_parser(sub)
+    _eval_parser(sub)
+    _speed_parser(sub)
     sub.add_parser("configs", help="list the bundled YAML recipes")
     args = parser.parse_args(argv)
     try:
@@ -180,6 +273,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.command == "bench":
             return _bench(args)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "speed":
+            return _speed(args)
         summary = train(config_from_args(args))
         final = summary["final"]
         if "test_accuracy" in final:

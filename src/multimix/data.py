@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-__all__ = ["Splits", "DATASETS", "load_dataset", "mnist1d", "cifar", "image_folder", "default_cache_dir"]
+__all__ = ["Splits", "DATASETS", "load_dataset", "mnist1d", "cifar", "image_folder", "default_cache_dir",
+           "ShuffledPositions"]
 
 DATASETS = ("mnist1d", "cifar10", "cifar100", "imagefolder")
 
@@ -32,11 +33,20 @@ _IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 @dataclass
 class Splits:
+    """Train/val/test data sets and what evaluation needs to know about their inputs.
+
+    ``mean``/``std`` describe the normalisation the loaders apply (per channel),
+    so attacks can work in pixel space ([0, 1] for images); ``None`` means the
+    inputs are used as they are (MNIST-1D, already standardised).
+    """
+
     train: Dataset
     val: Optional[Dataset]
     test: Dataset
     input_shape: Tuple[int, ...]
     num_classes: int
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
 
 
 def default_cache_dir() -> Path:
@@ -141,7 +151,7 @@ def cifar(name: str = "cifar10", root: Optional[str] = None, *, download: bool =
         raise FileNotFoundError(f"{name} not found under {root}; pass --download to fetch it with torchvision "
                                 f"or --data-dir pointing at an existing copy") from err
     return _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, (3, 32, 32),
-                                len(train_aug.classes))
+                                len(train_aug.classes), _CIFAR_MEAN_STD[name])
 
 
 def image_folder(root: str, *, size: int = 32, num_train: Optional[int] = None, num_test: Optional[int] = None,
@@ -169,10 +179,11 @@ def image_folder(root: str, *, size: int = 32, num_train: Optional[int] = None, 
     if train_aug.classes != test.classes:
         raise ValueError(f"train and test class folders differ under {root}")
     return _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, (3, size, size),
-                                len(train_aug.classes))
+                                len(train_aug.classes), _IMAGENET_MEAN_STD)
 
 
-def _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, shape, num_classes) -> Splits:
+def _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, shape, num_classes,
+                         mean_std) -> Splits:
     # The validation examples come from the training images without augmentation.
     order = torch.randperm(len(train_aug), generator=torch.Generator().manual_seed(seed)).tolist()
     if num_val >= len(order):
@@ -181,7 +192,8 @@ def _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_
     rest = order[num_val:]
     if num_train is not None:
         rest = rest[:num_train]
-    return Splits(Subset(train_aug, rest), val, _take(test, num_test, seed, "num_test"), shape, num_classes)
+    return Splits(Subset(train_aug, rest), val, _take(test, num_test, seed, "num_test"), shape, num_classes,
+                  *mean_std)
 
 
 def load_dataset(name: str, *, data_dir: Optional[str] = None, num_train: Optional[int] = None,
@@ -199,3 +211,26 @@ def load_dataset(name: str, *, data_dir: Optional[str] = None, num_train: Option
         raise ValueError("dataset 'imagefolder' needs --data-dir pointing at a folder with train/ and test/")
     return image_folder(data_dir, size=image_size, num_train=num_train, num_test=num_test, num_val=num_val,
                         augment=augment, seed=seed)
+
+
+class ShuffledPositions(Dataset):
+    """A data set with the spatial positions of every input permuted by one fixed permutation.
+
+    The out-of-distribution set used here when no other is given: it keeps each
+    input's values (and so their statistics) but destroys the structure, e.g.
+    MNIST-1D vs its spatially shuffled version.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset = dataset
+        x0, _ = dataset[0]
+        positions = int(np.prod(x0.shape[1:]))
+        self.permutation = torch.randperm(positions, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        x, y = self.dataset[index]
+        flat = x.reshape(x.shape[0], -1)[:, self.permutation]
+        return flat.reshape(x.shape), y

@@ -1,28 +1,144 @@
-"""Evaluation of a trained classifier."""
+"""Evaluation of a trained classifier: accuracy, calibration, robustness, OOD detection, embeddings.
+
+All functions put the model in eval mode for their duration and restore its
+mode afterwards. Attacks run on the full pipeline: inputs are mapped back to
+pixel space with the data set's normalisation (``Splits.mean``/``std``),
+perturbed there, and normalised again inside the attacked function.
+"""
 
 from __future__ import annotations
 
-from typing import Dict
+import contextlib
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["evaluate"]
+from . import attacks, metrics
+
+__all__ = ["evaluate", "predict", "default_epsilon", "robustness", "ood_detection", "embedding_metrics", "report"]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _first(dataset: Dataset, limit: Optional[int]) -> Dataset:
+    return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
+
+
+def _batches(dataset: Dataset, batch_size: int, device, num_workers: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 512, device="cpu",
              num_workers: int = 0) -> Dict[str, float]:
-    """Top-1 accuracy (%) and mean cross-entropy of ``model`` in eval mode over ``dataset``."""
-    was_training = model.training
-    model.eval()
+    """Top-1 accuracy (%) and mean cross-entropy over ``dataset``."""
     correct, loss, count = 0, 0.0, 0
-    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x).float()
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        count += y.numel()
-    model.train(was_training)
+    with _eval_mode(model):
+        for x, y in _batches(dataset, batch_size, device, num_workers):
+            logits = model(x).float()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            count += y.numel()
     return {"accuracy": 100.0 * correct / count, "loss": loss / count}
+
+
+@torch.no_grad()
+def predict(model, dataset: Dataset, *, batch_size: int = 512, device="cpu", limit: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Logits (N, c), pooled embeddings (N, d) and labels (N,) of the first ``limit`` examples."""
+    logits, embeddings, labels = [], [], []
+    with _eval_mode(model):
+        for x, y in _batches(_first(dataset, limit), batch_size, device):
+            z = model.pool(model.encode(x))
+            embeddings.append(z.float().cpu())
+            logits.append(model.head(z).float().cpu())
+            labels.append(y.cpu())
+    return {"logits": torch.cat(logits), "embeddings": torch.cat(embeddings), "labels": torch.cat(labels)}
+
+
+def default_epsilon(splits, dataset: Optional[Dataset] = None) -> float:
+    """The L∞ budget of the attacks: 8/255 of the input's dynamic range.
+
+    For images in pixel space that is the usual 8/255. For inputs without a
+    pixel range (MNIST-1D is standardised) the range is taken as the span
+    between the 1st and 99th percentiles of the test inputs, so ε is the same
+    share of the signal's amplitude.
+    """
+    if splits.mean is not None:
+        return 8 / 255
+    x = torch.stack([(dataset or splits.test)[i][0] for i in range(min(len(dataset or splits.test), 2000))])
+    low, high = torch.quantile(x.flatten().float(), torch.tensor([0.01, 0.99])).tolist()
+    return 8 / 255 * (high - low)
+
+
+def robustness(model, splits, *, eps: Optional[float] = None, pgd_steps: int = 10, pgd_step_size: Optional[float] = None,
+               limit: Optional[int] = 2000, batch_size: int = 256, device="cpu", seed: int = 0) -> Dict[str, float]:
+    """Top-1 error (%) without attack, under FGSM and under PGD-``pgd_steps`` on the first ``limit`` test examples."""
+    eps = default_epsilon(splits) if eps is None else eps
+    step = eps / 4 if pgd_step_size is None else pgd_step_size
+    if splits.mean is not None:
+        normalize = attacks.Normalize(splits.mean, splits.std).to(device)
+        to_pixels, clamp = normalize.inverse, (0.0, 1.0)
+    else:
+        normalize, to_pixels, clamp = None, (lambda x: x), None
+    pixel_batches = [(to_pixels(x), y) for x, y in _batches(_first(splits.test, limit), batch_size, device)]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with _eval_mode(model), torch.no_grad():
+        wrong = sum((model(x if normalize is None else normalize(x)).argmax(1) != y).sum().item() for x, y in pixel_batches)
+    clean = 100.0 * wrong / sum(len(y) for _, y in pixel_batches)
+    with _eval_mode(model):
+        fgsm = attacks.error_under_attack(model, pixel_batches, attacks.fgsm, eps=eps, normalize=normalize, clamp=clamp)
+        pgd = attacks.error_under_attack(model, pixel_batches, attacks.pgd, eps=eps, step_size=step, steps=pgd_steps,
+                                         normalize=normalize, clamp=clamp, generator=generator)
+    return {"eps": eps, "clean_error": clean, "fgsm_error": fgsm, "pgd_error": pgd, "pgd_steps": pgd_steps}
+
+
+def ood_detection(in_logits: torch.Tensor, out_logits: torch.Tensor) -> Dict[str, float]:
+    """AUROC (%) and FPR at 95% TPR (%) of the MSP and energy scores (in-distribution = positive)."""
+    result = {}
+    for name, score in (("msp", metrics.msp_score), ("energy", metrics.energy_score)):
+        s_in, s_out = score(in_logits), score(out_logits)
+        result[f"{name}_auroc"] = 100.0 * metrics.auroc(s_in, s_out)
+        result[f"{name}_fpr95"] = 100.0 * metrics.fpr_at_tpr(s_in, s_out, 0.95)
+    return result
+
+
+def embedding_metrics(embeddings: torch.Tensor, labels: torch.Tensor, *, max_points: int = 4096, seed: int = 0) -> Dict[str, float]:
+    """Alignment, uniformity (Wang & Isola, 2020) and intra/inter-class distance ratio of ℓ2-normalised embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    return {"alignment": metrics.alignment(embeddings, labels, max_points=max_points, generator=g),
+            "uniformity": metrics.uniformity(embeddings, max_points=max_points, generator=g),
+            "class_distance_ratio": metrics.class_distance_ratio(embeddings, labels, max_points=max_points, generator=g)}
+
+
+def report(model, splits, *, ood: Optional[Dataset] = None, eps: Optional[float] = None, pgd_steps: int = 10,
+           attack_limit: Optional[int] = 2000, device="cpu", seed: int = 0) -> Dict[str, Any]:
+    """Everything above on the test set; ``ood`` defaults to the test set with shuffled positions.
+
+    Returns a flat dict of numbers plus ``_predictions`` (test logits,
+    embeddings, labels) for plots.
+    """
+    from .data import ShuffledPositions
+
+    test = predict(model, splits.test, device=device)
+    probs = torch.softmax(test["logits"], dim=1)
+    out: Dict[str, Any] = {
+        "accuracy": 100.0 * (test["logits"].argmax(1) == test["labels"]).float().mean().item(),
+        "ece": 100.0 * metrics.expected_calibration_error(probs, test["labels"], n_bins=15),
+    }
+    out.update(robustness(model, splits, eps=eps, pgd_steps=pgd_steps, limit=attack_limit, device=device, seed=seed))
+    ood_set = ood if ood is not None else ShuffledPositions(splits.test, seed=seed)
+    out.update(ood_detection(test["logits"], predict(model, ood_set, device=device)["logits"]))
+    out.update(embedding_metrics(test["embeddings"], test["labels"], seed=seed))
+    out["_predictions"] = test
+    return out

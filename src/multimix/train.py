@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,7 +28,8 @@ from .evaluation import evaluate
 from .methods import METHODS, SelfDistillation, create_method
 from .models import MODELS, TORCHVISION_RESNETS, build_model
 
-__all__ = ["TrainConfig", "train", "NonFiniteLossError", "CheckpointError", "load_checkpoint"]
+__all__ = ["TrainConfig", "train", "NonFiniteLossError", "CheckpointError", "load_checkpoint", "load_trained",
+           "build_data_and_model"]
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -197,6 +198,33 @@ def _progress(iterable, enabled: bool, desc: str):
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def build_data_and_model(config: TrainConfig, device) -> Tuple[Any, torch.nn.Module]:
+    """The run's data splits and its freshly initialised model (seeded by ``config.seed``)."""
+    splits = load_dataset(config.dataset, data_dir=config.data_dir, num_train=config.num_train,
+                          num_test=config.num_test, num_val=config.val_size, download=config.download,
+                          augment=config.augment, image_size=config.image_size, seed=config.seed)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, num_classes=splits.num_classes, input_shape=splits.input_shape,
+                        width=config.width).to(device)
+    return splits, model
+
+
+def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Any, torch.nn.Module]:
+    """(config, splits, model with the checkpoint's weights) from a checkpoint written by :func:`train`.
+
+    ``overrides`` replace config fields (e.g. ``data_dir`` when the data moved).
+    """
+    state = load_checkpoint(path)
+    if "config" not in state:
+        raise CheckpointError(f"checkpoint {path} carries no run configuration (an interrupted.pt?); use last.pt")
+    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in valid})
+    config = dataclasses.replace(config, **overrides).validate()
+    splits, model = build_data_and_model(config, _device(device) if isinstance(device, str) else device)
+    _load_into(model, state["model"], "model", Path(path))
+    return config, splits, model
+
+
 def train(config: TrainConfig) -> Dict[str, Any]:
     """Train one model with one method; returns the summary (also written to summary.json)."""
     config.validate()
@@ -210,12 +238,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         raise FileExistsError(f"{checkpoint_path} exists: pass --resume to continue that run or choose another --out-dir")
 
     # ---- data, model, method, optimiser
-    splits = load_dataset(config.dataset, data_dir=config.data_dir, num_train=config.num_train,
-                          num_test=config.num_test, num_val=config.val_size, download=config.download,
-                          augment=config.augment, image_size=config.image_size, seed=config.seed)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, num_classes=splits.num_classes, input_shape=splits.input_shape,
-                        width=config.width).to(device)
+    splits, model = build_data_and_model(config, device)
     distill = SelfDistillation(model, **config.distill) if config.distill else None
     method_generator = torch.Generator(device=device)
     method = create_method(config.method, num_classes=splits.num_classes, generator=method_generator,
@@ -314,5 +337,5 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                "final": final, "num_parameters": sum(p.numel() for p in model.parameters())}
     if write:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    summary["model"] = model
+    summary["model"], summary["splits"] = model, splits
     return summary

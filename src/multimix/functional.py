@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "check_positive",
     "check_alpha",
     "check_interpolation_matrix",
     "dirichlet",
@@ -46,14 +47,19 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
+def check_positive(value: float, name: str) -> float:
+    """Return ``float(value)``; raise ``TypeError``/``ValueError`` naming ``name`` unless it is finite and > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive finite number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return value
+
+
 def check_alpha(alpha: float, name: str = "alpha") -> float:
-    """Return ``float(alpha)`` or raise ``ValueError`` unless it is finite and > 0."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"{name} must be a positive finite number, got {alpha!r}")
-    alpha = float(alpha)
-    if not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {alpha!r}")
-    return alpha
+    """A concentration α (Beta or Dirichlet): finite and > 0."""
+    return check_positive(alpha, name)
 
 
 def _check_positive_int(value: int, name: str) -> int:

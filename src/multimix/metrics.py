@@ -27,6 +27,8 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .functional import check_positive
+
 __all__ = [
     "reliability_bins",
     "expected_calibration_error",
@@ -54,15 +56,6 @@ def _check_int(value, name: str, minimum: int) -> int:
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive finite number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return value
 
 
@@ -363,7 +356,7 @@ def energy_score(logits: Tensor, temperature: float = 1.0) -> Tensor:
     Returns:
         (N,) scores, dtype promote(logits.dtype, float32).
     """
-    temperature = _check_positive_float(temperature, "temperature")
+    temperature = check_positive(temperature, "temperature")
     logits = _check_logits(logits)
     work = logits.detach().to(_work_dtype(logits))
     return temperature * torch.logsumexp(work / temperature, dim=1)
@@ -536,7 +529,7 @@ def alignment(
     Returns:
         ℓ_align as a float.
     """
-    alpha = _check_positive_float(alpha, "alpha")
+    alpha = check_positive(alpha, "alpha")
     z, labels, max_points = _embedding_args(z, labels, max_points, generator, need_different=False)
     zh, lab = _normalized(z, labels, max_points, generator)
     same, _ = _pair_masks(lab)
@@ -568,7 +561,7 @@ def uniformity(
     Returns:
         ℓ_unif as a float.
     """
-    t = _check_positive_float(t, "t")
+    t = check_positive(t, "t")
     z, _, max_points = _embedding_args(z, None, max_points, generator, need_different=False)
     zh, _ = _normalized(z, None, max_points, generator)
     m = zh.shape[0]

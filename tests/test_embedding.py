@@ -211,3 +211,28 @@ def test_bad_input_raises_before_sampling():
     with pytest.raises(ValueError):
         multimix.MultiMix(generator=g)(torch.randn(2, 3), torch.tensor([0, 9]), nn.Linear(3, 3))
     assert torch.equal(g.get_state(), state)
+
+
+def test_dense_attention_weighted_loss():
+    """Uniform attention makes the weighting uniform; otherwise it is Σ_j (Σ_i λ_ki a_ij) CE_kj, averaged over k."""
+    m, d, c, r = 5, 4, 3, 6
+    z, y, head = torch.randn(m, d, r), torch.randint(0, c, (m,)), nn.Linear(d, c)
+    lam = MF.dirichlet(7, m, 1.0)
+    for attention in ("uniform", "self"):
+        plain = multimix.DenseMultiMix(n=7, attention=attention)(z, y, head, lam=lam)
+        weighted = multimix.DenseMultiMix(n=7, attention=attention, position_weighting="attention")(z, y, head, lam=lam)
+        if attention == "uniform":
+            torch.testing.assert_close(weighted, plain)
+    att = MF.self_attention(z)
+    w = MF.dense_interpolation_weights(lam, att)
+    targets = MF.as_soft_targets(y, c)
+    total = 0.0
+    for k in range(7):
+        for j in range(r):
+            z_kj = (w[k, :, j, None] * z[:, :, j]).sum(0)
+            y_kj = (w[k, :, j, None] * targets).sum(0)
+            ce = -(y_kj * torch.log_softmax(head(z_kj), 0)).sum()
+            total = total + (lam[k] * att[:, j]).sum() * ce
+    torch.testing.assert_close(weighted, total / 7)
+    with pytest.raises(ValueError, match="position_weighting"):
+        multimix.DenseMultiMix(position_weighting="bogus")

@@ -17,6 +17,7 @@ from . import functional as MF
 __all__ = ["MultiMix", "DenseMultiMix", "ATTENTIONS"]
 
 ATTENTIONS = ("uniform", "self", "cam")
+POSITION_WEIGHTINGS = ("uniform", "attention")
 
 
 def _num_classes_of(head) -> Optional[int]:
@@ -155,6 +156,9 @@ class DenseMultiMix(MultiMix):
             ⟨z_ij, z̄_i⟩/√d) or ``"cam"`` (ReLU(w_{y_i}ᵀ z_ij), ℓ1-normalised;
             needs a head with a (c, d) ``weight``).
         attention_grad: back-propagate through the attention (default: no).
+        position_weighting: ``"uniform"`` (mean CE over positions, the paper's
+            dense loss) or ``"attention"`` (position j of tuple k weighted by
+            Σ_i λ_ki a_ij, so positions without evidence count little).
 
     The clean-example term (``clean_weight``) is the per-position CE of the
     un-mixed embeddings against their inherited labels.
@@ -165,12 +169,15 @@ class DenseMultiMix(MultiMix):
     """
 
     def __init__(self, n: int = 1000, alpha: float = 0.02, *, attention: str = "self",
-                 attention_grad: bool = False, **kwargs):
+                 attention_grad: bool = False, position_weighting: str = "uniform", **kwargs):
         super().__init__(n, alpha, **kwargs)
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        if position_weighting not in POSITION_WEIGHTINGS:
+            raise ValueError(f"position_weighting must be one of {POSITION_WEIGHTINGS}, got {position_weighting!r}")
         self.attention = attention
         self.attention_grad = bool(attention_grad)
+        self.position_weighting = position_weighting
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", attention={self.attention!r})"
@@ -203,7 +210,8 @@ class DenseMultiMix(MultiMix):
                 raise ValueError(f"per-position soft targets y must have shape (m, c, {', '.join(map(str, spatial))}), "
                                  f"got {tuple(targets.shape)}")
             targets = targets.flatten(2)  # (m, c, r)
-        weights = MF.dense_interpolation_weights(lam, self.attention_map(zf, targets, head))  # (n, m, r)
+        attention = self.attention_map(zf, targets, head)  # (m, r)
+        weights = MF.dense_interpolation_weights(lam, attention)  # (n, m, r)
         if targets.dim() == 2:
             mixed_targets = torch.einsum("kir,ic->krc", weights, targets)
         else:
@@ -217,7 +225,14 @@ class DenseMultiMix(MultiMix):
                 mixed_z = torch.einsum("kir,idr->krd", weights, zf.float()).to(z.dtype)  # (n, r, d)
         if not self._is_affine(head):
             mixed_logits = head(mixed_z)
-        loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
+        if self.position_weighting == "uniform":
+            loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
+        else:
+            # Weight position j of tuple k by its mixed attention mass Σ_i λ_ki a_ij (rows sum to 1 over j),
+            # so positions that carry little of any example's evidence count little.
+            position_weight = (lam.to(attention.dtype) @ attention).detach()  # (n, r)
+            per_position = -(mixed_targets * torch.log_softmax(mixed_logits.float(), dim=-1)).sum(-1)  # (n, r)
+            loss = (per_position * position_weight).sum(1).mean()
         if self.clean_weight > 0:
             clean_targets = targets.unsqueeze(2).expand_as(logits) if targets.dim() == 2 else targets
             loss = loss + self.clean_weight * MF.soft_cross_entropy(logits, clean_targets, dim=1)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .data import DATASETS
+from .distributed import DistributedError
 from .methods import METHODS
 from .train import SCHEDULES, CheckpointError, NonFiniteLossError, TrainConfig, train
 
@@ -25,7 +26,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 # flag name -> key of method_args
 _METHOD_FLAGS = {"alpha": "alpha", "n": "n", "tuple_size": "tuple_size", "clean_weight": "clean_weight",
-                 "attention": "attention", "layers": "layers", "eta": "eta", "mixupe_version": "version",
+                 "attention": "attention", "position_weighting": "position_weighting", "layers": "layers", "eta": "eta", "mixupe_version": "version",
                  "threshold": "threshold", "base": "base", "label_smoothing": "label_smoothing"}
 _DISTILL_FLAGS = {"distill_momentum": "momentum", "distill_temperature": "temperature", "distill_weight": "weight",
                   "distill_warmup": "warmup_steps"}
@@ -75,7 +76,10 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, help="channels of cnn1d / first-group width of PreActResNets")
     g.add_argument("--method", help=f"one of {', '.join(METHODS)}")
     g.add_argument("--alpha", type=float, help="Beta/Dirichlet concentration α")
-    g.add_argument("--n", type=int, help="MultiMix: interpolated examples per batch")
+    g.add_argument("--num-mix", "--n", dest="n", type=int,
+                   help="MultiMix: interpolated examples per batch (use --num-mix under torchrun, whose parser takes --n)")
+    g.add_argument("--position-weighting", dest="position_weighting", choices=["uniform", "attention"],
+                   help="Dense MultiMix: weight of each position in the dense loss")
     g.add_argument("--tuple-size", dest="tuple_size", type=int, help="MultiMix: examples per tuple")
     g.add_argument("--clean-weight", dest="clean_weight", type=float, help="MultiMix: weight of the clean loss")
     g.add_argument("--attention", choices=["uniform", "self", "cam"], help="Dense MultiMix attention")
@@ -108,6 +112,12 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--stop-after-epochs", dest="stop_after_epochs", type=int,
                    help="end this invocation after this many epochs (for time-limited jobs); continue with --resume")
     g.add_argument("--no-progress", dest="progress", action="store_false")
+    g = p.add_argument_group("several processes (launch with torchrun --nproc_per_node=N -m multimix -- train ...)")
+    g.add_argument("--mix-scope", dest="mix_scope", choices=["local", "global"],
+                   help="multimix/dense_multimix: mix within each process's batch (local, default) or over the "
+                        "global batch of all processes (global)")
+    g.add_argument("--dist-timeout", dest="dist_timeout", type=float,
+                   help="seconds a process waits for the others before the job fails (default 600)")
     return p
 
 
@@ -279,12 +289,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _speed(args)
         summary = train(config_from_args(args))
         final = summary["final"]
-        if "test_accuracy" in final:
+        if "test_accuracy" in final and summary.get("rank", 0) == 0:
             print(f"test accuracy {final['test_accuracy']:.2f}% after {summary['epochs_completed']} epochs "
                   f"({summary['status']}); outputs in {summary['config']['out_dir']}")
         return 130 if summary["status"] == "interrupted" else 0
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, CheckpointError,
-            NonFiniteLossError) as err:
+            NonFiniteLossError, DistributedError) as err:
         print(f"multimix {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -33,7 +33,7 @@ from .data import DATASETS, load_dataset
 from .evaluation import evaluate
 from .methods import METHODS, SelfDistillation, create_method
 from .methods.multimix import MIX_SCOPES
-from .models import MODELS, TORCHVISION_RESNETS, build_model
+from .models import build_model, check_model_name
 
 __all__ = ["TrainConfig", "train", "NonFiniteLossError", "CheckpointError", "load_checkpoint", "load_trained",
            "build_data_and_model"]
@@ -100,9 +100,7 @@ class TrainConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(DATASETS)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
-        if not (self.model in MODELS or self.model in TORCHVISION_RESNETS or self.model.startswith("timm:")):
-            valid = ", ".join([*MODELS, *TORCHVISION_RESNETS, "timm:<name>"])
-            raise ValueError(f"unknown model {self.model!r}; valid models: {valid}")
+        check_model_name(self.model)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
         for name in ("epochs", "batch_size", "eval_every"):

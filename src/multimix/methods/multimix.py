@@ -45,12 +45,14 @@ class MultiMixMethod(Method):
     """
 
     mixes_at = "embedding"
+    _mix_class = MultiMix
+    _mix_extra_keys: Tuple[str, ...] = ()
 
     def __init__(self, *, mix_scope: str = "local", **kwargs):
-        mix, rest = _split(kwargs)
+        mix, rest = _split(kwargs, extra=self._mix_extra_keys)
         super().__init__(**rest)
         self.mix_scope = _check_scope(mix_scope)
-        self.mix = MultiMix(num_classes=self.num_classes, generator=self.generator, **mix)
+        self.mix = self._mix_class(num_classes=self.num_classes, generator=self.generator, **mix)
 
     def __repr__(self) -> str:
         scope = ", mix_scope='global'" if self.mix_scope == "global" else ""
@@ -79,11 +81,8 @@ class DenseMultiMixMethod(MultiMixMethod):
     r times more bytes than pooled embeddings.
     """
 
-    def __init__(self, *, mix_scope: str = "local", **kwargs):
-        mix, rest = _split(kwargs, extra=("attention", "attention_grad", "position_weighting"))
-        Method.__init__(self, **rest)
-        self.mix_scope = _check_scope(mix_scope)
-        self.mix = DenseMultiMix(num_classes=self.num_classes, generator=self.generator, **mix)
+    _mix_class = DenseMultiMix
+    _mix_extra_keys = ("attention", "attention_grad", "position_weighting")
 
     def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
         targets = self.targets(model, x, y, dense=True)

@@ -7,7 +7,7 @@ from .cnn1d import CNN1D, cnn1d
 from .preact_resnet import PreActResNet, preact_resnet18, preact_resnet_small
 
 __all__ = ["CNN1D", "cnn1d", "PreActResNet", "preact_resnet18", "preact_resnet_small",
-           "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model"]
+           "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model", "check_model_name"]
 
 MODELS = {
     "cnn1d": cnn1d,
@@ -59,5 +59,13 @@ def build_model(name: str, *, num_classes: int, input_shape, width=None):
         if arch not in timm.list_models():
             raise ValueError(f"unknown timm model {arch!r} (see timm.list_models())")
         return adapt(timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels))
+    check_model_name(name)
+    raise AssertionError("unreachable: check_model_name accepted an unknown model")
+
+
+def check_model_name(name: str) -> str:
+    """Raise ``ValueError`` listing the valid names unless :func:`build_model` knows ``name``."""
+    if name in MODELS or name in TORCHVISION_RESNETS or name.startswith("timm:"):
+        return name
     valid = ", ".join([*MODELS, *TORCHVISION_RESNETS, "timm:<name>"])
     raise ValueError(f"unknown model {name!r}; valid models: {valid}")

@@ -236,3 +236,31 @@ def test_dense_attention_weighted_loss():
     torch.testing.assert_close(weighted, total / 7)
     with pytest.raises(ValueError, match="position_weighting"):
         multimix.DenseMultiMix(position_weighting="bogus")
+
+
+@pytest.mark.parametrize("m, tuple_size", [(64, None), (256, None), (128, 8)])
+def test_concentration_is_alpha_per_tuple_length(m, tuple_size):
+    """concentration A draws exactly what alpha = A / t draws, for the tuple length t of each batch."""
+    t = m if tuple_size is None else tuple_size
+    by_total = multimix.MultiMix(n=50, concentration=2.0, tuple_size=tuple_size, generator=torch.Generator().manual_seed(3))
+    by_alpha = multimix.MultiMix(n=50, alpha=2.0 / t, tuple_size=tuple_size, generator=torch.Generator().manual_seed(3))
+    assert by_total.alpha_for(t) == pytest.approx(2.0 / t)
+    torch.testing.assert_close(by_total.sample_lam(m), by_alpha.sample_lam(m), rtol=0, atol=0)
+
+
+def test_concentration_keeps_the_number_of_weighted_examples_across_batch_sizes():
+    """With A fixed, the mean largest weight of a row hardly moves from m = 64 to 1024; with α fixed it collapses."""
+    def mean_max(mm, m):
+        return mm.sample_lam(m).max(1).values.mean().item()
+    g = torch.Generator().manual_seed(0)
+    fixed_total = multimix.MultiMix(n=4000, concentration=1.0, generator=g)
+    fixed_alpha = multimix.MultiMix(n=4000, alpha=1.0 / 64, generator=g)
+    assert abs(mean_max(fixed_total, 64) - mean_max(fixed_total, 1024)) < 0.03
+    assert mean_max(fixed_alpha, 64) - mean_max(fixed_alpha, 1024) > 0.2
+
+
+def test_alpha_and_concentration_are_exclusive():
+    with pytest.raises(ValueError, match="alpha or concentration"):
+        multimix.MultiMix(alpha=0.1, concentration=1.0)
+    with pytest.raises(ValueError, match="concentration"):
+        multimix.MultiMix(concentration=0.0)

@@ -231,3 +231,33 @@ def test_dirichlet_on_cuda_with_cuda_generator():
     lam = MF.dirichlet(1000, 128, 1e-3, generator=g)
     assert lam.device.type == "cuda" and torch.isfinite(lam).all()
     torch.testing.assert_close(lam.sum(1), torch.ones(1000, device="cuda"), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.1, 1.0])
+def test_dirichlet_rows_per_draw_keeps_each_row_exact(alpha):
+    """rows_per_draw = k: row j of every block of k (i.i.d. across blocks) has the law of torch's Dirichlet."""
+    m, k, blocks = 16, 8, 12000
+    lam = MF.dirichlet(blocks * k, m, alpha, rows_per_draw=k, generator=torch.Generator().manual_seed(11),
+                       dtype=torch.float64)
+    assert lam.shape == (blocks * k, m)
+    torch.testing.assert_close(lam.sum(1), torch.ones(blocks * k, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.manual_seed(12)
+    ref = torch.distributions.Dirichlet(torch.full((m,), alpha, dtype=torch.float64)).sample((blocks,))
+    var = (1 / m) * (1 - 1 / m) / (m * alpha + 1)
+    for j in (0, k - 1):
+        rows = lam[j::k]
+        for stat in (lambda t: t[:, 0], lambda t: t[:, -1], lambda t: t.max(1).values):
+            assert stats.ks_2samp(stat(rows).numpy(), stat(ref).numpy()).pvalue > 1e-3
+        assert (rows.mean(0) - 1 / m).abs().max() < 5 * math.sqrt(var / blocks)
+        assert ((rows.var(0) / var - 1).abs() < 0.15).all()  # max over 16 columns of a heavy-tailed estimate
+
+
+def test_dirichlet_rows_per_draw_shares_sorted_weights_within_a_block_only():
+    lam = MF.dirichlet(10, 32, 0.3, rows_per_draw=4, generator=torch.Generator().manual_seed(0))
+    assert lam.shape == (10, 32)  # n need not be a multiple of k
+    ordered = lam.sort(dim=1).values
+    torch.testing.assert_close(ordered[1:4], ordered[0].expand(3, -1))  # one vector, four orders
+    assert not torch.equal(lam[0], lam[1])
+    assert not torch.allclose(ordered[0], ordered[4])  # the next block is a fresh draw
+    with pytest.raises(ValueError, match="rows_per_draw"):
+        MF.dirichlet(4, 4, 1.0, rows_per_draw=0)

@@ -25,7 +25,7 @@ from .train import SCHEDULES, CheckpointError, NonFiniteLossError, TrainConfig, 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # flag name -> key of method_args
-_METHOD_FLAGS = {"alpha": "alpha", "n": "n", "tuple_size": "tuple_size", "clean_weight": "clean_weight",
+_METHOD_FLAGS = {"alpha": "alpha", "concentration": "concentration", "n": "n", "tuple_size": "tuple_size", "clean_weight": "clean_weight",
                  "attention": "attention", "position_weighting": "position_weighting", "layers": "layers", "eta": "eta", "mixupe_version": "version",
                  "threshold": "threshold", "base": "base", "label_smoothing": "label_smoothing"}
 _DISTILL_FLAGS = {"distill_momentum": "momentum", "distill_temperature": "temperature", "distill_weight": "weight",
@@ -80,6 +80,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="MultiMix: interpolated examples per batch (use --num-mix under torchrun, whose parser takes --n)")
     g.add_argument("--position-weighting", dest="position_weighting", choices=["uniform", "attention"],
                    help="Dense MultiMix: weight of each position in the dense loss")
+    g.add_argument("--concentration", type=float,
+                   help="MultiMix: total Dirichlet concentration A = tuple length × α (instead of --alpha)")
     g.add_argument("--tuple-size", dest="tuple_size", type=int, help="MultiMix: examples per tuple")
     g.add_argument("--clean-weight", dest="clean_weight", type=float, help="MultiMix: weight of the clean loss")
     g.add_argument("--attention", choices=["uniform", "self", "cam"], help="Dense MultiMix attention")
@@ -143,34 +145,63 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="compare methods over seeds (default: MNIST-1D, 8 methods x 5 seeds, about 6 minutes on 2 CPU cores)")
     p.add_argument("--out-dir", default="runs/bench", help="where results.{md,csv,json,png} go (default runs/bench)")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--config", help="a training recipe (bundled name or YAML path) to compare on instead of MNIST-1D; "
+                                    "its method settings are ignored")
+    p.add_argument("--data-dir", help="data location for --config recipes that read files")
     p.add_argument("--epochs", type=int, help="epochs per run (default 15)")
-    p.add_argument("--num-train", type=int, help="MNIST-1D training examples (default 4000)")
-    p.add_argument("--num-test", type=int, help="MNIST-1D test examples (default 10000)")
+    p.add_argument("--num-train", type=int, help="training examples (default 4000)")
+    p.add_argument("--num-test", type=int, help="test examples (default 10000)")
+    p.add_argument("--val-size", type=int, help="validation examples held out of the training pool (default 0; "
+                                                 "5000 with --tune on MNIST-1D, where extra examples are generated)")
     p.add_argument("--methods", help="comma-separated labels or method names to keep (default: all)")
+    p.add_argument("--tune", action="store_true",
+                   help="first select each method's settings on the validation split (same number of candidates "
+                        "and tuning seeds for every method), then compare the chosen settings on the test split")
+    p.add_argument("--tune-seeds", type=int, default=2, help="seeds per tuning candidate (default 2)")
+    p.add_argument("--attack-limit", type=int, default=1000, help="test examples attacked per run (default 1000)")
     return p
+
+
+def _keep(items, names: Optional[str], label_of, method_of, what: str):
+    if not names:
+        return list(items)
+    keep = [m.strip() for m in names.split(",") if m.strip()]
+    valid = {label_of(e) for e in items} | {method_of(e) for e in items}
+    bad = [m for m in keep if m not in valid]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; valid: {', '.join(sorted(valid))}")
+    return [e for e in items if label_of(e) in keep or method_of(e) in keep]
 
 
 def _bench(args) -> int:
     from .bench import DEFAULT_CONFIG, DEFAULT_ENTRIES, run_bench
 
     base = DEFAULT_CONFIG
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("num_train", args.num_train), ("num_test", args.num_test))
-                 if v is not None}
+    if args.config:
+        recipe = {k: v for k, v in load_config(args.config).items() if k not in ("method", "method_args", "distill")}
+        base = replace(DEFAULT_CONFIG, **recipe)
+    val_size = args.val_size
+    if val_size is None and args.tune:
+        val_size = 5000 if base.dataset == "mnist1d" else max(base.val_size, 1)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("num_train", args.num_train), ("num_test", args.num_test),
+                                   ("val_size", val_size), ("data_dir", args.data_dir)) if v is not None}
     base = replace(base, **overrides)
     base = replace(base, eval_every=base.epochs).validate()  # evaluate once, at the end of each run
-    entries = DEFAULT_ENTRIES
-    if args.methods:
-        keep = [m.strip() for m in args.methods.split(",") if m.strip()]
-        valid = {e[0] for e in entries} | {e[1] for e in entries}
-        bad = [m for m in keep if m not in valid]
-        if bad:
-            raise ValueError(f"unknown bench methods {bad}; valid: {', '.join(sorted(valid))}")
-        entries = [e for e in entries if e[0] in keep or e[1] in keep]
-    print(f"multimix bench: {len(entries)} methods × {args.seeds} seeds on {base.dataset} "
-          f"({base.num_train} train / {base.num_test} test, {base.model} width {base.width}, {base.epochs} epochs)",
-          flush=True)
+    setting = (f"{base.dataset} ({base.num_train} train / {base.val_size} validation / {base.num_test} test, "
+               f"{base.model} width {base.width}, {base.epochs} epochs)")
+    if args.tune:
+        from .tune import DEFAULT_GRID, tune
+
+        grid = _keep(DEFAULT_GRID, args.methods, lambda s: s.label, lambda s: s.method, "bench methods")
+        print(f"multimix bench --tune: selecting settings of {len(grid)} methods on the validation split, "
+              f"{args.tune_seeds} seeds per candidate, {setting}", flush=True)
+        entries, _ = tune(Path(args.out_dir), base, seeds=args.tune_seeds, grid=grid,
+                          log=lambda line: print(line, flush=True))
+    else:
+        entries = _keep(DEFAULT_ENTRIES, args.methods, lambda e: e[0], lambda e: e[1], "bench methods")
+    print(f"multimix bench: {len(entries)} methods × {args.seeds} seeds on {setting}", flush=True)
     results = run_bench(Path(args.out_dir), seeds=args.seeds, entries=entries, base=base,
-                        log=lambda line: print(line, flush=True))
+                        attack_limit=args.attack_limit, log=lambda line: print(line, flush=True))
     from .bench import evaluation_table, markdown_table
 
     print("\n" + markdown_table(results) + "\n\n" + evaluation_table(results))

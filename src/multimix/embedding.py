@@ -17,6 +17,7 @@ from . import functional as MF
 __all__ = ["MultiMix", "DenseMultiMix", "ATTENTIONS"]
 
 ATTENTIONS = ("uniform", "self", "cam")
+DEFAULT_ALPHA = 0.02
 POSITION_WEIGHTINGS = ("uniform", "attention")
 
 
@@ -43,6 +44,14 @@ class MultiMix:
         alpha: Dirichlet concentration α per example. Small α (≈ 0.01–0.05
             for a batch of 100+) keeps each tuple dominated by few examples;
             α = 1 over a large tuple puts every point near the batch centroid.
+            Its effect depends on the tuple length t: about t·α + 1 examples
+            carry weight, so the same α mixes more examples in a bigger batch.
+        concentration: the total concentration A = t·α instead of ``alpha``
+            (give one of the two): per-example α = A / t is recomputed for each
+            tuple length t, so the number of examples that carry weight stays
+            put when the batch size changes (as t grows the sorted weights of a
+            row tend to a Poisson–Dirichlet(A) law). A ≈ 1–2 mixes a few
+            examples; A → 0 tends to no mixing.
         tuple_size: examples per tuple (None: the whole mini-batch).
         num_classes: c, needed with integer labels unless the head is ``nn.Linear``.
         clean_weight: weight of the loss on the un-mixed examples.
@@ -58,8 +67,9 @@ class MultiMix:
     def __init__(
         self,
         n: int = 1000,
-        alpha: float = 0.02,
+        alpha: Optional[float] = None,
         *,
+        concentration: Optional[float] = None,
         tuple_size: Optional[int] = None,
         num_classes: Optional[int] = None,
         clean_weight: float = 0.0,
@@ -68,7 +78,13 @@ class MultiMix:
         generator: Optional[torch.Generator] = None,
     ):
         self.n = MF._check_positive_int(n, "n")
-        self.alpha = MF.check_alpha(alpha)
+        if alpha is not None and concentration is not None:
+            raise ValueError(f"give alpha or concentration, not both (got alpha={alpha!r}, "
+                             f"concentration={concentration!r})")
+        if alpha is None and concentration is None:
+            alpha = DEFAULT_ALPHA
+        self.alpha = None if alpha is None else MF.check_alpha(alpha)
+        self.concentration = None if concentration is None else MF.check_alpha(concentration, "concentration")
         self.tuple_size = None if tuple_size is None else MF._check_positive_int(tuple_size, "tuple_size")
         if num_classes is not None:
             MF._check_positive_int(num_classes, "num_classes")
@@ -83,17 +99,22 @@ class MultiMix:
         self.generator = generator
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(n={self.n}, alpha={self.alpha}, tuple_size={self.tuple_size}, "
+        mix = f"alpha={self.alpha}" if self.concentration is None else f"concentration={self.concentration}"
+        return (f"{type(self).__name__}(n={self.n}, {mix}, tuple_size={self.tuple_size}, "
                 f"clean_weight={self.clean_weight})")
 
     # -- pieces shared with DenseMultiMix -------------------------------------------------
+
+    def alpha_for(self, t: int) -> float:
+        """The per-example α for tuples of t examples: ``alpha``, or ``concentration / t``."""
+        return self.alpha if self.concentration is None else self.concentration / t
 
     def sample_lam(self, m: int, *, device=None) -> Tensor:
         """Λ of shape (n, m): Dirichlet rows over a random tuple of ``tuple_size`` examples."""
         t = m if self.tuple_size is None else min(self.tuple_size, m)
         if t == m:
-            return MF.dirichlet(self.n, m, self.alpha, generator=self.generator, device=device)
-        weights = MF.dirichlet(self.n, t, self.alpha, generator=self.generator, device=device)
+            return MF.dirichlet(self.n, m, self.alpha_for(m), generator=self.generator, device=device)
+        weights = MF.dirichlet(self.n, t, self.alpha_for(t), generator=self.generator, device=device)
         mask = MF.random_subset_mask(self.n, m, t, generator=self.generator, device=device)
         lam = torch.zeros(self.n, m, device=weights.device, dtype=weights.dtype)
         # masked_scatter_ fills True entries in row-major order: row k gets weights[k].
@@ -168,7 +189,7 @@ class DenseMultiMix(MultiMix):
         (m,), soft (m, c) or per-position soft (m, c, *spatial).
     """
 
-    def __init__(self, n: int = 1000, alpha: float = 0.02, *, attention: str = "self",
+    def __init__(self, n: int = 1000, alpha: Optional[float] = None, *, attention: str = "self",
                  attention_grad: bool = False, position_weighting: str = "uniform", **kwargs):
         super().__init__(n, alpha, **kwargs)
         if attention not in ATTENTIONS:

@@ -177,6 +177,7 @@ def dirichlet(
     generator: Optional[torch.Generator] = None,
     device=None,
     dtype: Optional[torch.dtype] = None,
+    rows_per_draw: int = 1,
 ) -> Tensor:
     """Sample Λ: n interpolation vectors λ_k ~ Dir(α·1_m), one per row.
 
@@ -195,6 +196,15 @@ def dirichlet(
         generator: torch generator to draw from; its device is used to draw.
         device: device of the result (default: the generator's, else CPU).
         dtype: floating dtype of the result (default: torch's default dtype).
+        rows_per_draw: k ≥ 1. With k > 1 only ⌈n/k⌉ Dirichlet vectors are
+            drawn and each fills k consecutive rows, its columns reordered by
+            k random permutations (drawn once per call, shared by all
+            vectors). A fixed reordering of i.i.d. gammas is i.i.d., so every
+            row is still exactly Dir(α·1_m) and rows from different vectors
+            are independent, but the k rows from one vector are permutations
+            of each other (same sorted weights on different examples). The
+            gamma draws, the bulk of the cost, shrink k-fold. Default 1:
+            independent rows.
 
     Returns:
         Tensor of shape (n, m).
@@ -202,13 +212,21 @@ def dirichlet(
     n = _check_positive_int(n, "n")
     m = _check_positive_int(m, "m")
     alpha = check_alpha(alpha)
+    k = _check_positive_int(rows_per_draw, "rows_per_draw")
     dtype = dtype or torch.get_default_dtype()
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
     device = _resolve_device(generator, device)
+    draw_device = _draw_device(generator, device)
     work = torch.promote_types(dtype, torch.float32)
-    log_g = _log_gamma(n * m, alpha, generator, _draw_device(generator, device), work).view(n, m)
-    return _softmax_without_subnormals(log_g).to(device=device, dtype=dtype)
+    k = min(k, n)
+    draws = -(-n // k)
+    log_g = _log_gamma(draws * m, alpha, generator, draw_device, work).view(draws, m)
+    lam = _softmax_without_subnormals(log_g)
+    if k > 1:
+        orders = torch.rand(k, m, generator=generator, device=draw_device).argsort(dim=1)  # k permutations of m
+        lam = lam[:, orders].view(draws * k, m)[:n]  # row (b, j) = vector b reordered by permutation j
+    return lam.to(device=device, dtype=dtype)
 
 
 def _softmax_without_subnormals(log_w: Tensor) -> Tensor:

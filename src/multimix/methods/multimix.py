@@ -14,7 +14,7 @@ __all__ = ["MultiMixMethod", "DenseMultiMixMethod", "MIX_SCOPES"]
 
 MIX_SCOPES = ("local", "global")
 
-_MIX_KEYS = ("n", "alpha", "tuple_size", "clean_weight", "affine")
+_MIX_KEYS = ("n", "alpha", "concentration", "tuple_size", "clean_weight", "affine")
 
 
 def _split(kwargs: dict, extra=()) -> tuple:
@@ -31,7 +31,7 @@ def _check_scope(mix_scope: str) -> str:
 class MultiMixMethod(Method):
     """MultiMix at the embedding: ``loss = MultiMix(...)(model.pool(model.encode(x)), Y, model.head)``.
 
-    Keyword arguments ``n``, ``alpha``, ``tuple_size``, ``clean_weight`` and
+    Keyword arguments ``n``, ``alpha`` or ``concentration``, ``tuple_size``, ``clean_weight`` and
     ``affine`` go to :class:`multimix.MultiMix`; the rest to :class:`Method`.
 
     ``mix_scope``: ``"local"`` (default) mixes each process's own mini-batch;

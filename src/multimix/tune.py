@@ -1,0 +1,191 @@
+"""Select each method's hyper-parameters on a validation split, with the same budget for every method.
+
+The protocol behind ``multimix bench --tune``: every method gets the same
+number of candidate settings (``GRID_SIZE``), each trained with the same
+network, data, epochs and tuning seeds (disjoint from the seeds of the final
+comparison), and the candidate with the best mean *validation* accuracy is
+kept. The test split is never looked at here. ERM has nothing to tune and
+gets one candidate.
+
+A candidate is ``(method_args, distill)``. An entry may inherit the tuned
+arguments of an earlier entry (``MultiMix + self-distillation`` starts from
+whatever ``MultiMix`` won and tunes only the distillation settings).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .bench import BenchEntry
+from .train import TrainConfig, train
+
+__all__ = ["TuneSpec", "DEFAULT_GRID", "GRID_SIZE", "TUNING_SEED_OFFSET", "tune", "candidate_name"]
+
+Candidate = Tuple[Dict[str, Any], Optional[Dict[str, float]]]
+
+GRID_SIZE = 5  # candidates per tunable method
+TUNING_SEED_OFFSET = 1000  # tuning seeds are 1000, 1001, ...: never the seeds of the final comparison
+
+
+@dataclass
+class TuneSpec:
+    """One method to tune: its label, method name, whether it is ours, and its candidates."""
+
+    label: str
+    method: str
+    ours: bool
+    candidates: List[Candidate]
+    inherit: Optional[str] = None  # label whose tuned method_args each candidate starts from
+    fixed: Dict[str, Any] = field(default_factory=dict)  # method_args common to every candidate
+
+
+def _alphas(values: Sequence[float], **fixed) -> List[Candidate]:
+    return [({**fixed, "alpha": a}, None) for a in values]
+
+
+_DISTILL = {"momentum": 0.99, "temperature": 1.0, "weight": 0.5, "warmup_steps": 200}
+_PAIRWISE_ALPHAS = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+# The same five candidates of α for every pairwise baseline; five for each of ours.
+DEFAULT_GRID: List[TuneSpec] = [
+    TuneSpec("ERM", "erm", False, [({}, None)]),
+    TuneSpec("input mixup", "mixup", False, _alphas(_PAIRWISE_ALPHAS)),
+    TuneSpec("CutMix", "cutmix", False, _alphas(_PAIRWISE_ALPHAS)),
+    TuneSpec("manifold mixup", "manifold_mixup", False, _alphas(_PAIRWISE_ALPHAS, layers=[0, 1, 2, 3, 4])),
+    TuneSpec("MixupE", "mixupe", False, _alphas(_PAIRWISE_ALPHAS)),
+    TuneSpec("MultiMix", "multimix", True, [
+        ({"n": 1000, "concentration": 0.5}, None),
+        ({"n": 1000, "concentration": 1.0}, None),
+        ({"n": 1000, "concentration": 2.0}, None),
+        ({"n": 1000, "concentration": 1.0, "clean_weight": 1.0}, None),
+        ({"n": 1000, "alpha": 1.0, "tuple_size": 2}, None),
+    ]),
+    TuneSpec("Dense MultiMix", "dense_multimix", True, [
+        ({"n": 1000, "concentration": 0.5, "attention": "self"}, None),
+        ({"n": 1000, "concentration": 1.0, "attention": "self"}, None),
+        ({"n": 1000, "concentration": 2.0, "attention": "self"}, None),
+        ({"n": 1000, "concentration": 1.0, "attention": "uniform"}, None),
+        ({"n": 1000, "concentration": 1.0, "attention": "self", "clean_weight": 1.0}, None),
+    ]),
+    TuneSpec("MultiMix + self-distillation", "multimix", True, [
+        ({}, {**_DISTILL, "weight": 0.2}),
+        ({}, {**_DISTILL, "weight": 0.5}),
+        ({}, {**_DISTILL, "weight": 0.2, "temperature": 2.0}),
+        ({}, {**_DISTILL, "weight": 0.5, "momentum": 0.999}),
+        ({}, {**_DISTILL, "weight": 0.2, "warmup_steps": 1000}),
+    ], inherit="MultiMix"),
+]
+
+
+def candidate_name(args: Dict[str, Any], distill: Optional[Dict[str, float]]) -> str:
+    """A short readable name of a candidate, e.g. ``concentration=1, clean_weight=1``."""
+    skip = {"n", "layers"}
+    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in args.items() if k not in skip]
+    if distill:
+        parts += [f"distill {k}={v:g}" for k, v in distill.items()]
+    return ", ".join(parts) or "(defaults)"
+
+
+def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[TuneSpec] = DEFAULT_GRID,
+         log=print) -> Tuple[List[BenchEntry], Dict[str, Any]]:
+    """Train every candidate of every spec for ``seeds`` tuning seeds and keep the best by validation accuracy.
+
+    ``base`` must hold out a validation split (``val_size > 0``). Writes
+    tuning.{md,csv,json,png} to ``out_dir`` and returns the chosen bench
+    entries (in grid order) and the full record.
+    """
+    if base.val_size < 1:
+        raise ValueError(f"tuning selects on a validation split: base.val_size must be >= 1, got {base.val_size}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen_args: Dict[str, Dict[str, Any]] = {}
+    entries: List[BenchEntry] = []
+    records: List[Dict[str, Any]] = []
+    start = time.perf_counter()
+    for spec in grid:
+        if spec.inherit is not None and spec.inherit not in chosen_args:
+            raise ValueError(f"{spec.label!r} inherits from {spec.inherit!r}, which must be tuned before it")
+        inherited = chosen_args.get(spec.inherit, {}) if spec.inherit else {}
+        best = None
+        for index, (args, distill) in enumerate(spec.candidates):
+            args = {**inherited, **spec.fixed, **args}
+            accuracies = []
+            for s in range(seeds):
+                seed = TUNING_SEED_OFFSET + s
+                config = replace(base, method=spec.method, method_args=dict(args), distill=distill, seed=seed,
+                                 out_dir=str(out_dir / "tuning-runs" / f"{spec.method}-{index}-{seed}"),
+                                 checkpoint=False, progress=False).validate()
+                accuracies.append(train(config)["final"]["val_accuracy"])
+            record = {"label": spec.label, "method": spec.method, "ours": spec.ours, "candidate": index,
+                      "name": candidate_name(args, distill), "method_args": args, "distill": distill,
+                      "val_accuracies": accuracies, "val_mean": float(np.mean(accuracies)),
+                      "val_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else float("nan")}
+            records.append(record)
+            log(f"tune {spec.label:30s} [{record['name']}]: validation accuracy {record['val_mean']:.2f}% "
+                f"({time.perf_counter() - start:.0f} s total)")
+            if best is None or record["val_mean"] > best["val_mean"]:
+                best = record
+        best["chosen"] = True
+        chosen_args[spec.label] = best["method_args"]
+        entries.append((spec.label, spec.method, best["method_args"], best["distill"], spec.ours))
+    result = {"records": records, "seeds": [TUNING_SEED_OFFSET + s for s in range(seeds)],
+              "setting": {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")},
+              "wall_time_s": time.perf_counter() - start}
+    write_tuning(result, out_dir)
+    return entries, result
+
+
+def tuning_table(result: Dict[str, Any]) -> str:
+    lines = ["| method | candidate | validation accuracy (%) mean ± std | chosen |", "|---|---|---|---|"]
+    for r in result["records"]:
+        std = "" if np.isnan(r["val_std"]) else f" ± {r['val_std']:.2f}"
+        lines.append(f"| {r['label']} | {r['name']} | {r['val_mean']:.2f}{std} | {'✓' if r.get('chosen') else ''} |")
+    return "\n".join(lines)
+
+
+def write_tuning(result: Dict[str, Any], out_dir: Path) -> None:
+    setting = result["setting"]
+    header = (f"Validation-split tuning: {setting.get('dataset')} ({setting.get('num_train')} train / "
+              f"{setting.get('val_size')} validation), {setting.get('model')} (width {setting.get('width')}), "
+              f"{setting.get('epochs')} epochs, tuning seeds {result['seeds']}. The test split is not used.")
+    (out_dir / "tuning.md").write_text(header + "\n\n" + tuning_table(result) + "\n")
+    with open(out_dir / "tuning.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "candidate", "seed", "val_accuracy", "chosen"])
+        for r in result["records"]:
+            for seed, acc in zip(result["seeds"], r["val_accuracies"]):
+                writer.writerow([r["label"], r["name"], seed, f"{acc:.4f}", bool(r.get("chosen"))])
+    (out_dir / "tuning.json").write_text(json.dumps(result, indent=2, default=str))
+    plot_tuning(result, out_dir / "tuning.png")
+
+
+def plot_tuning(result: Dict[str, Any], path: Path) -> None:
+    """One row per method: validation accuracy of each candidate (mean and seeds), the chosen one in red."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    records = result["records"]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(records) + 1.5))
+    for i, r in enumerate(records):
+        color = "tab:red" if r.get("chosen") else ("tab:orange" if r["ours"] else "tab:blue")
+        ax.scatter(r["val_accuracies"], [i] * len(r["val_accuracies"]), color=color, alpha=0.35, s=12)
+        ax.plot(r["val_mean"], i, "o", color=color)
+    ax.set_yticks(range(len(records)), [f"{r['label']}: {r['name']}" for r in records], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("validation accuracy (%) — mean (dot) and seeds; red = chosen")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -31,7 +31,7 @@ def _setup(head_kind, m=6, d=5, c=4, n=11):
 @pytest.mark.parametrize("head_kind", ["linear", "mlp"])
 def test_multimix_equals_reference_loss_and_gradients(head_kind):
     z, y, head, lam, c = _setup(head_kind)
-    mm = multimix.MultiMix(n=11, alpha=0.7, num_classes=c)
+    mm = multimix.MultiMix(n=11, alpha=0.7, num_classes=c, clean_weight=0)
     params = [z] + list(head.parameters())
     ours = mm(z, y, head, lam=lam)
     ref = reference_multimix(z, MF.as_soft_targets(y, c), head, lam)
@@ -81,8 +81,8 @@ def test_sampled_lambda_and_tuple_size():
 def test_batch_of_one():
     z, head = torch.randn(1, 5, requires_grad=True), nn.Linear(5, 3)
     y = torch.tensor([2])
-    loss = multimix.MultiMix(n=8)(z, y, head)
-    torch.testing.assert_close(loss, nn.functional.cross_entropy(head(z), y))
+    loss = multimix.MultiMix(n=8)(z, y, head)  # mixed term + clean term, both the plain CE of the one example
+    torch.testing.assert_close(loss, 2 * nn.functional.cross_entropy(head(z), y))
     dense = multimix.DenseMultiMix(n=8)(torch.randn(1, 5, 4), y, head)
     assert torch.isfinite(dense)
 
@@ -95,7 +95,7 @@ def test_multimix_with_two_examples_is_mixup():
     lam = torch.tensor([[lam_value, 1 - lam_value], [1 - lam_value, lam_value]])
     mixed = lam_value * z + (1 - lam_value) * z.flip(0)
     mixup = lam_value * nn.functional.cross_entropy(head(mixed), y) + (1 - lam_value) * nn.functional.cross_entropy(head(mixed), y.flip(0))
-    torch.testing.assert_close(multimix.MultiMix(n=2)(z, y, head, lam=lam), mixup)
+    torch.testing.assert_close(multimix.MultiMix(n=2, clean_weight=0)(z, y, head, lam=lam), mixup)
 
 
 @pytest.mark.parametrize("alpha", [0.2, 1.0, 2.0])
@@ -117,7 +117,7 @@ def test_multimix_two_examples_interpolation_factor_is_beta(alpha):
 def test_dense_with_one_position_equals_multimix(attention):
     z, y, head, lam, c = _setup("linear")
     dense = multimix.DenseMultiMix(n=11, attention=attention)(z.unsqueeze(2), y, head, lam=lam)
-    torch.testing.assert_close(dense, multimix.MultiMix(n=11)(z, y, head, lam=lam))
+    torch.testing.assert_close(dense, multimix.MultiMix(n=11, clean_weight=0)(z, y, head, lam=lam))
 
 
 @pytest.mark.parametrize("head_kind", ["linear", "mlp"])
@@ -259,8 +259,24 @@ def test_concentration_keeps_the_number_of_weighted_examples_across_batch_sizes(
     assert mean_max(fixed_alpha, 64) - mean_max(fixed_alpha, 1024) > 0.2
 
 
+def test_defaults_are_the_validated_ones():
+    mm, dense = multimix.MultiMix(), multimix.DenseMultiMix()
+    assert (mm.alpha, mm.concentration, mm.clean_weight) == (None, 1.0, 1.0)
+    assert (dense.alpha, dense.concentration, dense.clean_weight, dense.attention) == (None, 0.5, 0.0, "self")
+    assert multimix.MultiMix(alpha=0.1).concentration is None
+
+
 def test_alpha_and_concentration_are_exclusive():
     with pytest.raises(ValueError, match="alpha or concentration"):
         multimix.MultiMix(alpha=0.1, concentration=1.0)
     with pytest.raises(ValueError, match="concentration"):
         multimix.MultiMix(concentration=0.0)
+
+
+def test_multimix_rows_per_draw_reaches_the_sampler():
+    mm = multimix.MultiMix(n=12, alpha=0.5, rows_per_draw=4, generator=torch.Generator().manual_seed(0))
+    lam = mm.sample_lam(16)
+    ref = multimix.functional.dirichlet(12, 16, 0.5, rows_per_draw=4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(lam, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rows_per_draw"):
+        multimix.MultiMix(rows_per_draw=0)

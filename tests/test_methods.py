@@ -62,7 +62,7 @@ def test_multimix_method_matches_embedding_call(tiny_model, tiny_batch):
 
 def test_self_distillation_targets_blend_teacher(tiny_model, tiny_batch):
     x, y = tiny_batch
-    distill = multimix.SelfDistillation(tiny_model, temperature=3.0, weight=0.25)
+    distill = multimix.SelfDistillation(tiny_model, temperature=3.0, weight=0.25, warmup_steps=0)
     hard = MF.as_soft_targets(y, 4)
     with torch.no_grad():
         teacher = torch.softmax(distill.teacher(x) / 3.0, 1)

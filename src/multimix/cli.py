@@ -25,7 +25,7 @@ from .train import SCHEDULES, CheckpointError, NonFiniteLossError, TrainConfig, 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # flag name -> key of method_args
-_METHOD_FLAGS = {"alpha": "alpha", "concentration": "concentration", "n": "n", "tuple_size": "tuple_size", "clean_weight": "clean_weight",
+_METHOD_FLAGS = {"alpha": "alpha", "concentration": "concentration", "n": "n", "tuple_size": "tuple_size", "clean_weight": "clean_weight", "rows_per_draw": "rows_per_draw",
                  "attention": "attention", "position_weighting": "position_weighting", "layers": "layers", "eta": "eta", "mixupe_version": "version",
                  "threshold": "threshold", "base": "base", "label_smoothing": "label_smoothing"}
 _DISTILL_FLAGS = {"distill_momentum": "momentum", "distill_temperature": "temperature", "distill_weight": "weight",
@@ -82,6 +82,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="Dense MultiMix: weight of each position in the dense loss")
     g.add_argument("--concentration", type=float,
                    help="MultiMix: total Dirichlet concentration A = tuple length × α (instead of --alpha)")
+    g.add_argument("--rows-per-draw", dest="rows_per_draw", type=int,
+                   help="MultiMix: rows of Λ filled by each Dirichlet draw (reordered; default 1)")
     g.add_argument("--tuple-size", dest="tuple_size", type=int, help="MultiMix: examples per tuple")
     g.add_argument("--clean-weight", dest="clean_weight", type=float, help="MultiMix: weight of the clean loss")
     g.add_argument("--attention", choices=["uniform", "self", "cam"], help="Dense MultiMix attention")
@@ -148,11 +150,12 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--config", help="a training recipe (bundled name or YAML path) to compare on instead of MNIST-1D; "
                                     "its method settings are ignored")
     p.add_argument("--data-dir", help="data location for --config recipes that read files")
-    p.add_argument("--epochs", type=int, help="epochs per run (default 15)")
-    p.add_argument("--num-train", type=int, help="training examples (default 4000)")
+    p.add_argument("--epochs", type=int, help="epochs per run (default 30)")
+    p.add_argument("--num-train", type=int, help="training examples (default 2000)")
     p.add_argument("--num-test", type=int, help="test examples (default 10000)")
-    p.add_argument("--val-size", type=int, help="validation examples held out of the training pool (default 0; "
-                                                 "5000 with --tune on MNIST-1D, where extra examples are generated)")
+    p.add_argument("--val-size", type=int, help="validation examples held out of the training pool, used by --tune (default: "
+                                                 "5000 on MNIST-1D, where they are generated beside the training set; "
+                                                 "the recipe's with --config)")
     p.add_argument("--methods", help="comma-separated labels or method names to keep (default: all)")
     p.add_argument("--tune", action="store_true",
                    help="first select each method's settings on the validation split (same number of candidates "
@@ -179,10 +182,8 @@ def _bench(args) -> int:
     base = DEFAULT_CONFIG
     if args.config:
         recipe = {k: v for k, v in load_config(args.config).items() if k not in ("method", "method_args", "distill")}
-        base = replace(DEFAULT_CONFIG, **recipe)
+        base = TrainConfig(**{**recipe, "progress": False, "checkpoint": False})
     val_size = args.val_size
-    if val_size is None and args.tune:
-        val_size = 5000 if base.dataset == "mnist1d" else max(base.val_size, 1)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("num_train", args.num_train), ("num_test", args.num_test),
                                    ("val_size", val_size), ("data_dir", args.data_dir)) if v is not None}
     base = replace(base, **overrides)

@@ -17,7 +17,6 @@ from . import functional as MF
 __all__ = ["MultiMix", "DenseMultiMix", "ATTENTIONS"]
 
 ATTENTIONS = ("uniform", "self", "cam")
-DEFAULT_ALPHA = 0.02
 POSITION_WEIGHTINGS = ("uniform", "attention")
 
 
@@ -41,7 +40,8 @@ class MultiMix:
 
     Args:
         n: number of interpolated examples per mini-batch (Λ has n rows).
-        alpha: Dirichlet concentration α per example. Small α (≈ 0.01–0.05
+        alpha: Dirichlet concentration α per example (default: none, the
+            ``concentration`` is used). Small α (≈ 0.01–0.05
             for a batch of 100+) keeps each tuple dominated by few examples;
             α = 1 over a large tuple puts every point near the batch centroid.
             Its effect depends on the tuple length t: about t·α + 1 examples
@@ -51,18 +51,29 @@ class MultiMix:
             tuple length t, so the number of examples that carry weight stays
             put when the batch size changes (as t grows the sorted weights of a
             row tend to a Poisson–Dirichlet(A) law). A ≈ 1–2 mixes a few
-            examples; A → 0 tends to no mixing.
+            examples; A → 0 tends to no mixing. Default 1 (0.5 for
+            DenseMultiMix) when neither is given: the best of {0.5, 1, 2}
+            on MNIST-1D's validation split (docs/results.md).
         tuple_size: examples per tuple (None: the whole mini-batch).
         num_classes: c, needed with integer labels unless the head is ``nn.Linear``.
-        clean_weight: weight of the loss on the un-mixed examples.
+        clean_weight: weight of the loss on the un-mixed examples. Default 1
+            (0 for DenseMultiMix), as selected on MNIST-1D's validation split.
         label_smoothing: applied when integer labels are turned into targets.
         affine: force (True) or forbid (False) the affine shortcut; None detects ``nn.Linear``.
+        rows_per_draw: passed to :func:`multimix.functional.dirichlet`: each
+            Dirichlet draw fills this many rows of Λ under different random
+            orders of the tuple (every row exact, rows of one draw dependent),
+            cutting the sampler's cost that many times. Default 1.
         generator: torch generator for Λ.
 
     Call:
         ``loss = mm(z, y, head, lam=None)`` with z (m, d), y int (m,) or soft
         (m, c), head mapping (..., d) → (..., c), lam an optional (n, m) Λ.
     """
+
+    # Defaults selected on MNIST-1D's validation split (docs/results.md).
+    default_concentration = 1.0
+    default_clean_weight = 1.0
 
     def __init__(
         self,
@@ -72,9 +83,10 @@ class MultiMix:
         concentration: Optional[float] = None,
         tuple_size: Optional[int] = None,
         num_classes: Optional[int] = None,
-        clean_weight: float = 0.0,
+        clean_weight: Optional[float] = None,
         label_smoothing: float = 0.0,
         affine: Optional[bool] = None,
+        rows_per_draw: int = 1,
         generator: Optional[torch.Generator] = None,
     ):
         self.n = MF._check_positive_int(n, "n")
@@ -82,7 +94,9 @@ class MultiMix:
             raise ValueError(f"give alpha or concentration, not both (got alpha={alpha!r}, "
                              f"concentration={concentration!r})")
         if alpha is None and concentration is None:
-            alpha = DEFAULT_ALPHA
+            concentration = self.default_concentration
+        if clean_weight is None:
+            clean_weight = self.default_clean_weight
         self.alpha = None if alpha is None else MF.check_alpha(alpha)
         self.concentration = None if concentration is None else MF.check_alpha(concentration, "concentration")
         self.tuple_size = None if tuple_size is None else MF._check_positive_int(tuple_size, "tuple_size")
@@ -96,6 +110,7 @@ class MultiMix:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
         self.affine = affine
+        self.rows_per_draw = MF._check_positive_int(rows_per_draw, "rows_per_draw")
         self.generator = generator
 
     def __repr__(self) -> str:
@@ -113,8 +128,10 @@ class MultiMix:
         """Λ of shape (n, m): Dirichlet rows over a random tuple of ``tuple_size`` examples."""
         t = m if self.tuple_size is None else min(self.tuple_size, m)
         if t == m:
-            return MF.dirichlet(self.n, m, self.alpha_for(m), generator=self.generator, device=device)
-        weights = MF.dirichlet(self.n, t, self.alpha_for(t), generator=self.generator, device=device)
+            return MF.dirichlet(self.n, m, self.alpha_for(m), generator=self.generator, device=device,
+                                rows_per_draw=self.rows_per_draw)
+        weights = MF.dirichlet(self.n, t, self.alpha_for(t), generator=self.generator, device=device,
+                               rows_per_draw=self.rows_per_draw)
         mask = MF.random_subset_mask(self.n, m, t, generator=self.generator, device=device)
         lam = torch.zeros(self.n, m, device=weights.device, dtype=weights.dtype)
         # masked_scatter_ fills True entries in row-major order: row k gets weights[k].
@@ -188,6 +205,9 @@ class DenseMultiMix(MultiMix):
         ``loss = dmm(z, y, head, lam=None)`` with z (m, d, *spatial), y int
         (m,), soft (m, c) or per-position soft (m, c, *spatial).
     """
+
+    default_concentration = 0.5
+    default_clean_weight = 0.0
 
     def __init__(self, n: int = 1000, alpha: Optional[float] = None, *, attention: str = "self",
                  attention_grad: bool = False, position_weighting: str = "uniform", **kwargs):

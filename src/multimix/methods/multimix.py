@@ -14,7 +14,7 @@ __all__ = ["MultiMixMethod", "DenseMultiMixMethod", "MIX_SCOPES"]
 
 MIX_SCOPES = ("local", "global")
 
-_MIX_KEYS = ("n", "alpha", "concentration", "tuple_size", "clean_weight", "affine")
+_MIX_KEYS = ("n", "alpha", "concentration", "tuple_size", "clean_weight", "affine", "rows_per_draw")
 
 
 def _split(kwargs: dict, extra=()) -> tuple:

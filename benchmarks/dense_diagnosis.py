@@ -6,12 +6,14 @@ and ECE. The test split is not used.
 
 - ERM: the pooled loss, no mixing.
 - dense ERM: ``dense_multimix`` with tuple_size = 1, so every Λ row is one-hot
-  and the loss is the per-position cross-entropy of un-mixed examples against
-  their inherited label. If this alone loses, the per-position loss (not the
-  mixing) is the cause.
-- MultiMix / Dense MultiMix at the same concentration, for reference.
-- Dense MultiMix + clean pooled loss is not offered by the library (the clean
-  term of Dense is per position), so it is not probed here.
+  (attention plays no part) and the loss is the per-position cross-entropy of
+  un-mixed examples against their inherited label. If this alone loses, the
+  per-position loss (not the mixing) is the cause.
+- the same plus the pooled cross-entropy (``pooled_weight``);
+- MultiMix and Dense MultiMix at the same concentration, and Dense MultiMix
+  plus a MultiMix loss on the pooled embeddings (``pooled_weight`` 1 and 3).
+
+The data, network, budget and tuning seeds are those of ``multimix bench --tune``.
 
     .venv/bin/python benchmarks/dense_diagnosis.py [--seeds 2] [--epochs 30]
 """
@@ -30,11 +32,16 @@ from multimix.train import TrainConfig, train
 
 PROBES = [
     ("ERM", "erm", {}),
-    ("dense ERM (tuple_size=1, self attention)", "dense_multimix", {"n": 1000, "tuple_size": 1, "alpha": 1.0}),
-    ("dense ERM (tuple_size=1, uniform attention)", "dense_multimix",
-     {"n": 1000, "tuple_size": 1, "alpha": 1.0, "attention": "uniform"}),
-    ("MultiMix (concentration 1)", "multimix", {"n": 1000, "concentration": 1.0}),
-    ("Dense MultiMix (concentration 1, self)", "dense_multimix", {"n": 1000, "concentration": 1.0}),
+    ("dense ERM (tuple_size=1: per-position CE, no mixing)", "dense_multimix",
+     {"n": 1000, "tuple_size": 1, "alpha": 1.0}),
+    ("dense ERM + pooled CE (pooled_weight=1)", "dense_multimix",
+     {"n": 1000, "tuple_size": 1, "alpha": 1.0, "pooled_weight": 1.0}),
+    ("MultiMix (concentration 0.5, no clean loss)", "multimix", {"n": 1000, "concentration": 0.5, "clean_weight": 0.0}),
+    ("Dense MultiMix (concentration 0.5, self)", "dense_multimix", {"n": 1000, "concentration": 0.5}),
+    ("Dense MultiMix + pooled MultiMix (pooled_weight=1)", "dense_multimix",
+     {"n": 1000, "concentration": 0.5, "pooled_weight": 1.0}),
+    ("Dense MultiMix + pooled MultiMix (pooled_weight=3)", "dense_multimix",
+     {"n": 1000, "concentration": 0.5, "pooled_weight": 3.0}),
 ]
 
 
@@ -44,7 +51,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", default="runs/dense_diagnosis.json")
     args = parser.parse_args()
-    base = TrainConfig(dataset="mnist1d", model="cnn1d", width=32, num_train=2000, num_test=1000, val_size=5000,
+    base = TrainConfig(dataset="mnist1d", model="cnn1d", width=32, num_train=2000, num_test=10000, val_size=5000,
                        epochs=args.epochs, eval_every=args.epochs, progress=False, checkpoint=False,
                        out_dir="runs/dense-diagnosis")
     results = []

@@ -116,7 +116,7 @@ def test_multimix_two_examples_interpolation_factor_is_beta(alpha):
 @pytest.mark.parametrize("attention", ["uniform", "self", "cam"])
 def test_dense_with_one_position_equals_multimix(attention):
     z, y, head, lam, c = _setup("linear")
-    dense = multimix.DenseMultiMix(n=11, attention=attention)(z.unsqueeze(2), y, head, lam=lam)
+    dense = multimix.DenseMultiMix(n=11, attention=attention, pooled_weight=0)(z.unsqueeze(2), y, head, lam=lam)
     torch.testing.assert_close(dense, multimix.MultiMix(n=11, clean_weight=0)(z, y, head, lam=lam))
 
 
@@ -127,7 +127,7 @@ def test_dense_uniform_equals_per_position_multimix(head_kind):
     y = torch.randint(0, c, (m,))
     head = nn.Linear(d, c) if head_kind == "linear" else nn.Sequential(nn.Linear(d, 7), nn.ReLU(), nn.Linear(7, c))
     lam = MF.dirichlet(9, m, 0.5)
-    dense = multimix.DenseMultiMix(n=9, attention="uniform", num_classes=c)(z, y, head, lam=lam)
+    dense = multimix.DenseMultiMix(n=9, attention="uniform", num_classes=c, pooled_weight=0)(z, y, head, lam=lam)
     per_position = torch.stack([reference_multimix(z[:, :, j], MF.as_soft_targets(y, c), head, lam) for j in range(r)]).mean()
     torch.testing.assert_close(dense, per_position)
     torch.testing.assert_close(_grads(dense, [z])[0], _grads(per_position, [z])[0])
@@ -160,7 +160,7 @@ def test_dense_attention_equals_loop_reference(attention, affine):
         att = MF.self_attention(zf)
     else:
         att = MF.class_activation_attention(zf, head.weight.detach(), MF.as_soft_targets(y, c))
-    ours = multimix.DenseMultiMix(n=4, attention=attention, affine=affine)(z, y, head, lam=lam)
+    ours = multimix.DenseMultiMix(n=4, attention=attention, affine=affine, pooled_weight=0)(z, y, head, lam=lam)
     torch.testing.assert_close(ours, reference_dense(zf, MF.as_soft_targets(y, c), head, lam, att))
 
 
@@ -219,8 +219,8 @@ def test_dense_attention_weighted_loss():
     z, y, head = torch.randn(m, d, r), torch.randint(0, c, (m,)), nn.Linear(d, c)
     lam = MF.dirichlet(7, m, 1.0)
     for attention in ("uniform", "self"):
-        plain = multimix.DenseMultiMix(n=7, attention=attention)(z, y, head, lam=lam)
-        weighted = multimix.DenseMultiMix(n=7, attention=attention, position_weighting="attention")(z, y, head, lam=lam)
+        plain = multimix.DenseMultiMix(n=7, attention=attention, pooled_weight=0)(z, y, head, lam=lam)
+        weighted = multimix.DenseMultiMix(n=7, attention=attention, position_weighting="attention", pooled_weight=0)(z, y, head, lam=lam)
         if attention == "uniform":
             torch.testing.assert_close(weighted, plain)
     att = MF.self_attention(z)
@@ -262,7 +262,8 @@ def test_concentration_keeps_the_number_of_weighted_examples_across_batch_sizes(
 def test_defaults_are_the_validated_ones():
     mm, dense = multimix.MultiMix(), multimix.DenseMultiMix()
     assert (mm.alpha, mm.concentration, mm.clean_weight) == (None, 1.0, 1.0)
-    assert (dense.alpha, dense.concentration, dense.clean_weight, dense.attention) == (None, 0.5, 0.0, "self")
+    assert (dense.alpha, dense.concentration, dense.clean_weight, dense.attention, dense.pooled_weight) == (
+        None, 0.5, 0.0, "self", 3.0)
     assert multimix.MultiMix(alpha=0.1).concentration is None
 
 
@@ -280,3 +281,24 @@ def test_multimix_rows_per_draw_reaches_the_sampler():
     torch.testing.assert_close(lam, ref, rtol=0, atol=0)
     with pytest.raises(ValueError, match="rows_per_draw"):
         multimix.MultiMix(rows_per_draw=0)
+
+
+@pytest.mark.parametrize("head_kind", ["linear", "mlp"])
+def test_dense_pooled_weight_adds_multimix_on_pooled_embeddings(head_kind):
+    """pooled_weight β: loss = dense loss + β · MultiMix(mean over positions of z) with the same Λ."""
+    torch.manual_seed(0)
+    m, d, r, c, n = 6, 5, 4, 3, 7
+    z = torch.randn(m, d, r, requires_grad=True)
+    y = torch.randint(0, c, (m,))
+    head = nn.Linear(d, c) if head_kind == "linear" else nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, c))
+    lam = multimix.functional.dirichlet(n, m, 0.5, generator=torch.Generator().manual_seed(1))
+    kw = dict(n=n, num_classes=c, attention="self")
+    ours = multimix.DenseMultiMix(pooled_weight=0.7, **kw)(z, y, head, lam=lam)
+    ref = multimix.DenseMultiMix(pooled_weight=0, **kw)(z, y, head, lam=lam) + 0.7 * multimix.MultiMix(
+        n=n, num_classes=c, clean_weight=0)(z.mean(2), y, head, lam=lam)
+    torch.testing.assert_close(ours, ref)
+    params = [z] + list(head.parameters())
+    for a, b in zip(torch.autograd.grad(ours, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="pooled_weight"):
+        multimix.DenseMultiMix(pooled_weight=-1.0)

@@ -2,13 +2,13 @@
 
 Quick use in your own loop (embedding-level)::
 
-    mm = multimix.MultiMix(n=1000, alpha=0.02)
+    mm = multimix.MultiMix(n=1000)
     z = model.pool(model.encode(x))        # (m, d) embeddings
     loss = mm(z, y, model.head)            # n interpolated examples per batch
 
 or any method over a model that follows :mod:`multimix.contract`::
 
-    method = multimix.create_method("multimix", n=1000, alpha=0.02)
+    method = multimix.create_method("multimix", n=1000)
     loss = method(model, x, y)
 """
 

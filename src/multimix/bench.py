@@ -40,7 +40,12 @@ DEFAULT_ENTRIES: List[BenchEntry] = [
     ("manifold mixup", "manifold_mixup", {"alpha": 0.2, "layers": [0, 1, 2, 3, 4]}, None, False),
     ("MixupE", "mixupe", {"alpha": 0.1}, None, False),
     ("MultiMix", "multimix", MULTIMIX, None, True),
-    ("Dense MultiMix", "dense_multimix", {"n": 1000, "concentration": 0.5, "attention": "self"}, None, True),
+    ("Dense MultiMix", "dense_multimix", {"n": 1000, "concentration": 0.5, "attention": "self", "pooled_weight": 0.0},
+     None, True),
+    # Selected after the grid, on the validation split (benchmarks/dense_diagnosis.py): the dense loss plus a MultiMix
+    # loss on the pooled embeddings. Its budget was the grid's five candidates plus two probes.
+    ("Dense MultiMix + pooled loss", "dense_multimix",
+     {"n": 1000, "concentration": 0.5, "attention": "self", "pooled_weight": 3.0}, None, True),
     ("MultiMix + self-distillation", "multimix", MULTIMIX, DISTILL, True),
 ]
 

@@ -26,7 +26,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 # flag name -> key of method_args
 _METHOD_FLAGS = {"alpha": "alpha", "concentration": "concentration", "n": "n", "tuple_size": "tuple_size", "clean_weight": "clean_weight", "rows_per_draw": "rows_per_draw",
-                 "attention": "attention", "position_weighting": "position_weighting", "layers": "layers", "eta": "eta", "mixupe_version": "version",
+                 "attention": "attention", "position_weighting": "position_weighting", "pooled_weight": "pooled_weight", "layers": "layers", "eta": "eta", "mixupe_version": "version",
                  "threshold": "threshold", "base": "base", "label_smoothing": "label_smoothing"}
 _DISTILL_FLAGS = {"distill_momentum": "momentum", "distill_temperature": "temperature", "distill_weight": "weight",
                   "distill_warmup": "warmup_steps"}
@@ -84,6 +84,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="MultiMix: total Dirichlet concentration A = tuple length × α (instead of --alpha)")
     g.add_argument("--rows-per-draw", dest="rows_per_draw", type=int,
                    help="MultiMix: rows of Λ filled by each Dirichlet draw (reordered; default 1)")
+    g.add_argument("--pooled-weight", dest="pooled_weight", type=float,
+                   help="Dense MultiMix: weight of an extra MultiMix loss on the pooled embeddings")
     g.add_argument("--tuple-size", dest="tuple_size", type=int, help="MultiMix: examples per tuple")
     g.add_argument("--clean-weight", dest="clean_weight", type=float, help="MultiMix: weight of the clean loss")
     g.add_argument("--attention", choices=["uniform", "self", "cam"], help="Dense MultiMix attention")

@@ -225,7 +225,8 @@ def dirichlet(
     lam = _softmax_without_subnormals(log_g)
     if k > 1:
         orders = torch.rand(k, m, generator=generator, device=draw_device).argsort(dim=1)  # k permutations of m
-        lam = lam[:, orders].view(draws * k, m)[:n]  # row (b, j) = vector b reordered by permutation j
+        # row (b, j) = vector b reordered by permutation j; index_select is several times faster than lam[:, orders]
+        lam = lam.index_select(1, orders.flatten()).view(draws * k, m)[:n]
     return lam.to(device=device, dtype=dtype)
 
 

@@ -67,7 +67,7 @@ DEFAULT_GRID: List[TuneSpec] = [
         ({"n": 1000, "concentration": 1.0, "clean_weight": 1.0}, None),
         ({"n": 1000, "alpha": 1.0, "tuple_size": 2}, None),
     ]),
-    TuneSpec("Dense MultiMix", "dense_multimix", True, [
+    TuneSpec("Dense MultiMix", "dense_multimix", True, fixed={"pooled_weight": 0.0}, candidates=[
         ({"n": 1000, "concentration": 0.5, "attention": "self"}, None),
         ({"n": 1000, "concentration": 1.0, "attention": "self"}, None),
         ({"n": 1000, "concentration": 2.0, "attention": "self"}, None),
@@ -84,12 +84,15 @@ DEFAULT_GRID: List[TuneSpec] = [
 ]
 
 
+_DISTILL_SYMBOLS = {"momentum": "μ", "temperature": "T", "weight": "weight", "warmup_steps": "warm-up"}
+
+
 def candidate_name(args: Dict[str, Any], distill: Optional[Dict[str, float]]) -> str:
     """A short readable name of a candidate, e.g. ``concentration=1, clean_weight=1``."""
     skip = {"n", "layers"}
     parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in args.items() if k not in skip]
     if distill:
-        parts += [f"distill {k}={v:g}" for k, v in distill.items()]
+        parts += [f"{_DISTILL_SYMBOLS.get(k, k)}={v:g}" for k, v in distill.items()]
     return ", ".join(parts) or "(defaults)"
 
 
@@ -117,7 +120,8 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
         inherited = chosen_args.get(spec.inherit, {}) if spec.inherit else {}
         best = None
         for index, (args, distill) in enumerate(spec.candidates):
-            args = {**inherited, **spec.fixed, **args}
+            own_args = {**spec.fixed, **args}
+            args = {**inherited, **own_args}
             accuracies = []
             for s in range(seeds):
                 seed = TUNING_SEED_OFFSET + s
@@ -126,7 +130,7 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
                                  checkpoint=False, progress=False).validate()
                 accuracies.append(train(config)["final"]["val_accuracy"])
             record = {"label": spec.label, "method": spec.method, "ours": spec.ours, "candidate": index,
-                      "name": candidate_name(args, distill), "method_args": args, "distill": distill,
+                      "name": candidate_name(own_args, distill), "method_args": args, "distill": distill,
                       "val_accuracies": accuracies, "val_mean": float(np.mean(accuracies)),
                       "val_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else float("nan")}
             records.append(record)
@@ -169,23 +173,31 @@ def write_tuning(result: Dict[str, Any], out_dir: Path) -> None:
 
 
 def plot_tuning(result: Dict[str, Any], path: Path) -> None:
-    """One row per method: validation accuracy of each candidate (mean and seeds), the chosen one in red."""
+    """One panel per method: validation accuracy of each candidate (mean and seeds), the chosen one in red."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    records = result["records"]
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(records) + 1.5))
-    for i, r in enumerate(records):
-        color = "tab:red" if r.get("chosen") else ("tab:orange" if r["ours"] else "tab:blue")
-        ax.scatter(r["val_accuracies"], [i] * len(r["val_accuracies"]), color=color, alpha=0.35, s=12)
-        ax.plot(r["val_mean"], i, "o", color=color)
-    ax.set_yticks(range(len(records)), [f"{r['label']}: {r['name']}" for r in records], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("validation accuracy (%) — mean (dot) and seeds; red = chosen")
-    ax.grid(axis="x", alpha=0.3)
+    labels = list(dict.fromkeys(r["label"] for r in result["records"]))
+    cols = 2
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(11, 1.9 * rows + 0.6), squeeze=False)
+    for ax, label in zip(axes.flat, labels):
+        records = [r for r in result["records"] if r["label"] == label]
+        for i, r in enumerate(records):
+            color = "tab:red" if r.get("chosen") else ("tab:orange" if r["ours"] else "tab:blue")
+            ax.scatter(r["val_accuracies"], [i] * len(r["val_accuracies"]), color=color, alpha=0.35, s=12)
+            ax.plot(r["val_mean"], i, "o", color=color)
+        ax.set_yticks(range(len(records)), [r["name"] for r in records], fontsize=7)
+        ax.set_ylim(len(records) - 0.5, -0.5)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.axis("off")
+    fig.suptitle("validation accuracy (%) of each candidate: mean (dot) and seeds; red = chosen", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

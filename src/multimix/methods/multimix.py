@@ -75,14 +75,14 @@ class DenseMultiMixMethod(MultiMixMethod):
     """Dense MultiMix over the model's dense features (m, d, *spatial).
 
     Takes the :class:`MultiMixMethod` arguments plus ``attention`` and
-    ``attention_grad`` and ``position_weighting`` of :class:`multimix.DenseMultiMix`. With
+    ``attention_grad``, ``position_weighting`` and ``pooled_weight`` of :class:`multimix.DenseMultiMix`. With
     self-distillation the teacher predicts a target per position. With
     ``mix_scope="global"`` the dense features (m, d, *spatial) are gathered,
     r times more bytes than pooled embeddings.
     """
 
     _mix_class = DenseMultiMix
-    _mix_extra_keys = ("attention", "attention_grad", "position_weighting")
+    _mix_extra_keys = ("attention", "attention_grad", "position_weighting", "pooled_weight")
 
     def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
         targets = self.targets(model, x, y, dense=True)

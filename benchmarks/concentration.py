@@ -55,7 +55,7 @@ def main() -> None:
         for a in CONCENTRATIONS:
             accs = val_accuracy(args.seeds, method_args={"concentration": a, "clean_weight": clean})
             sweep[(clean, a)] = accs
-            row.append(f"{np.mean(accs):.2f} ± {np.std(accs):.2f}")
+            row.append(f"{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f}")
             print(f"clean_weight {clean:g}, A = {a:g}: {np.mean(accs):.2f}", flush=True)
         lines.append(f"| {clean:g} | " + " | ".join(row) + " |")
     batch = {}
@@ -66,7 +66,7 @@ def main() -> None:
         for b in BATCH_SIZES:
             accs = val_accuracy(args.seeds, batch_size=b, method_args={**method_args, "clean_weight": 0.0})
             batch[(name, b)] = accs
-            row.append(f"{np.mean(accs):.2f} ± {np.std(accs):.2f}")
+            row.append(f"{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f}")
             print(f"{name}, batch {b}: {np.mean(accs):.2f}", flush=True)
         lines.append(f"| {name} (no clean loss) | " + " | ".join(row) + " |")
     table = "\n".join(lines)

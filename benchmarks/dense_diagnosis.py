@@ -64,7 +64,7 @@ def main() -> None:
             accs.append(summary["final"]["val_accuracy"])
             eces.append(100 * expected_calibration_error(pred["logits"].softmax(-1), pred["labels"]))
         results.append({"probe": label, "val_accuracy": accs, "val_ece": eces})
-        print(f"| {label} | {np.mean(accs):.2f} ± {np.std(accs):.2f} | {np.mean(eces):.1f} |", flush=True)
+        print(f"| {label} | {np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f} | {np.mean(eces):.1f} |", flush=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 

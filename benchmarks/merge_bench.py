@@ -1,11 +1,11 @@
 """Merge the runs of several ``multimix bench`` outputs into one table (rows in the bench's order).
 
-Used when a method was added after the main comparison: every run is fixed by
-its seed, so runs from separate invocations with the same setting and seeds
-combine into one paired comparison. Settings must match; the first input's
-setting is written.
+Used when a method or seeds were added after the main comparison: every run
+is fixed by its seed, so runs from separate invocations with the same setting
+combine into one paired comparison. Settings must match, and every method
+must end up with the same seeds.
 
-    .venv/bin/python benchmarks/merge_bench.py OUT_DIR RESULTS_JSON [RESULTS_JSON ...]
+    .venv/bin/python benchmarks/merge_bench.py OUT_DIR RESULTS_JSON [RESULTS_JSON ...] [--only LABEL,LABEL]
 """
 
 from __future__ import annotations
@@ -17,23 +17,28 @@ from pathlib import Path
 from multimix.bench import DEFAULT_ENTRIES, summarise, write_results
 
 
-def main(out_dir: str, *inputs: str) -> None:
+def main(out_dir: str, *inputs: str, only=None) -> None:
     loaded = [json.loads(Path(p).read_text()) for p in inputs]
     setting = loaded[0]["setting"]
     for other, path in zip(loaded[1:], inputs[1:]):
-        if other["setting"] != setting or other["seeds"] != loaded[0]["seeds"]:
-            raise ValueError(f"{path}: setting or seeds differ from {inputs[0]}")
+        if other["setting"] != setting:
+            raise ValueError(f"{path}: setting differs from {inputs[0]}")
     runs, seen = [], set()
     for results in loaded:
         for run in results["runs"]:
             key = (run["label"], run["seed"])
+            if only and run["label"] not in only:
+                continue
             if key not in seen:  # a method present in several inputs is taken from the first
                 seen.add(key)
                 runs.append(run)
     order = {entry[0]: i for i, entry in enumerate(DEFAULT_ENTRIES)}  # the bench's row order where known
     runs.sort(key=lambda run: order.get(run["label"], len(order)))
+    seed_sets = {label: sorted(r["seed"] for r in runs if r["label"] == label) for label in {r["label"] for r in runs}}
+    if len({tuple(v) for v in seed_sets.values()}) != 1:
+        raise ValueError(f"paired comparisons need the same seeds for every method, got {seed_sets}")
     merged = summarise(runs)
-    merged.update(setting=setting, seeds=loaded[0]["seeds"],
+    merged.update(setting=setting, seeds=len(next(iter(seed_sets.values()))),
                   wall_time_s=sum(r["time_s"] for r in runs), merged_from=list(inputs))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,6 +46,12 @@ def main(out_dir: str, *inputs: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
+    args = sys.argv[1:]
+    only = None
+    if "--only" in args:
+        i = args.index("--only")
+        only = {label.strip() for label in args[i + 1].split(",")}
+        del args[i:i + 2]
+    if len(args) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1], *sys.argv[2:])
+    main(args[0], *args[1:], only=only)

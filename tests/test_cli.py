@@ -175,10 +175,12 @@ def test_bench_tune_selects_on_validation_and_inherits(tmp_path, capsys):
 
 
 def test_tune_needs_a_validation_split(tmp_path):
+    from dataclasses import replace
+
     from multimix.bench import DEFAULT_CONFIG
     from multimix.tune import tune
     with pytest.raises(ValueError, match="val_size"):
-        tune(tmp_path, DEFAULT_CONFIG, seeds=1)
+        tune(tmp_path, replace(DEFAULT_CONFIG, val_size=0), seeds=1)
 
 
 @pytest.mark.parametrize("argv,match", [

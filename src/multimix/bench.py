@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .evaluation import report
-from .metrics import plot_embeddings
+from .metrics import new_figure, plot_embeddings, save_figure
 from .train import TrainConfig, train
 
 __all__ = ["BenchEntry", "DEFAULT_ENTRIES", "run_bench", "paired_comparison"]
@@ -97,20 +97,23 @@ EXTRA_COLUMNS = {
 }
 
 
-def run_bench(out_dir: Path, *, seeds: int = 5, entries: Sequence[BenchEntry] = DEFAULT_ENTRIES,
+def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Sequence[BenchEntry] = DEFAULT_ENTRIES,
               base: TrainConfig = DEFAULT_CONFIG, pgd_steps: int = 7, attack_limit: int = 1000,
               log=print) -> Dict[str, Any]:
-    """Train every entry for every seed, evaluate it, and write results.{md,csv,json}, results.png and
-    embeddings.png (a 2-D PCA of seed 0's test embeddings, one panel per method) to ``out_dir``."""
+    """Train every entry for seeds ``first_seed`` … ``first_seed + seeds − 1``, evaluate it, and write
+    results.{md,csv,json}, results.png and embeddings.png (a 2-D PCA of the first seed's test embeddings,
+    one panel per method) to ``out_dir``."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if first_seed < 0:
+        raise ValueError(f"first_seed must be >= 0, got {first_seed}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: List[Dict[str, Any]] = []
     embeddings: Dict[str, Any] = {}
     start = time.perf_counter()
     for label, method, args, distill, ours in entries:
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             config = replace(base, method=method, method_args=dict(args), distill=distill, seed=seed,
                              out_dir=str(out_dir / "runs" / f"{method}-{seed}"), checkpoint=False, progress=False)
             t0 = time.perf_counter()
@@ -119,7 +122,7 @@ def run_bench(out_dir: Path, *, seeds: int = 5, entries: Sequence[BenchEntry] = 
             extra = report(summary["model"], summary["splits"], pgd_steps=pgd_steps, attack_limit=attack_limit,
                            device=next(summary["model"].parameters()).device, seed=seed)
             predictions = extra.pop("_predictions")
-            if seed == 0:
+            if seed == first_seed:
                 embeddings[label] = (predictions["embeddings"][:2000], predictions["labels"][:2000])
             runs.append({"label": label, "method": method, "ours": ours, "seed": seed,
                          "test_accuracy": final["test_accuracy"], "time_s": time.perf_counter() - t0,
@@ -134,7 +137,7 @@ def run_bench(out_dir: Path, *, seeds: int = 5, entries: Sequence[BenchEntry] = 
     results["wall_time_s"] = time.perf_counter() - start
     write_results(results, out_dir)
     plot_embeddings(embeddings, out_dir / "embeddings.png", method="pca",
-                    title=f"test embeddings (seed 0), 2-D PCA, coloured by class")
+                    title=f"test embeddings (seed {first_seed}), 2-D PCA, coloured by class")
     return results
 
 
@@ -208,14 +211,12 @@ def write_results(results: Dict[str, Any], out_dir: Path) -> None:
 
 
 def plot_results(results: Dict[str, Any], path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
     rows = results["rows"]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    try:
+        fig = new_figure(figsize=(8, 0.5 * len(rows) + 1.5))
+    except ImportError:  # plots are optional
+        return
+    ax = fig.subplots()
     for i, row in enumerate(rows):
         color = "tab:red" if row["ours"] else "tab:blue"
         ax.errorbar(row["mean"], i, xerr=0 if math.isnan(row["std"]) else row["std"], fmt="o", color=color, capsize=4)
@@ -227,5 +228,4 @@ def plot_results(results: Dict[str, Any], path: Path) -> None:
     ax.set_title(f"{setting.get('dataset')}, {setting.get('model')}, {results.get('seeds')} seeds (red: ours)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

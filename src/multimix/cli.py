@@ -149,6 +149,7 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="compare methods over seeds (default: MNIST-1D, 8 methods x 5 seeds, about 6 minutes on 2 CPU cores)")
     p.add_argument("--out-dir", default="runs/bench", help="where results.{md,csv,json,png} go (default runs/bench)")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed … first-seed + seeds − 1")
     p.add_argument("--config", help="a training recipe (bundled name or YAML path) to compare on instead of MNIST-1D; "
                                     "its method settings are ignored")
     p.add_argument("--data-dir", help="data location for --config recipes that read files")
@@ -203,7 +204,7 @@ def _bench(args) -> int:
     else:
         entries = _keep(DEFAULT_ENTRIES, args.methods, lambda e: e[0], lambda e: e[1], "bench methods")
     print(f"multimix bench: {len(entries)} methods × {args.seeds} seeds on {setting}", flush=True)
-    results = run_bench(Path(args.out_dir), seeds=args.seeds, entries=entries, base=base,
+    results = run_bench(Path(args.out_dir), seeds=args.seeds, first_seed=args.first_seed, entries=entries, base=base,
                         attack_limit=args.attack_limit, log=lambda line: print(line, flush=True))
     from .bench import evaluation_table, markdown_table
 

@@ -314,13 +314,25 @@ def _matplotlib():
     return Figure, matplotlib.colormaps
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: Optional[int] = None) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    path = Path(path)
     FigureCanvasAgg(fig)  # attach an Agg canvas: no display, pyplot's backend untouched
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", dpi=dpi)
     return path
+
+
+def new_figure(**kwargs):
+    """A bare ``matplotlib.figure.Figure`` (no pyplot state); raises ImportError without matplotlib."""
+    Figure, _ = _matplotlib()
+    return Figure(**kwargs)
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as PNG through an Agg canvas (no display, pyplot's backend untouched)."""
+    return _save(fig, path, dpi)
 
 
 # ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 
 from .methods import create_method
+from .metrics import new_figure, save_figure
 from .models import build_model
 
 __all__ = ["measure_speed", "plot_speed"]
@@ -77,11 +78,8 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
 
 
 def plot_speed(rows: List[Dict[str, Any]], path: Path, title: str = "") -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = new_figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     ns = [r["n"] for r in rows]
     ax.loglog(ns, [r["multimix_examples_per_s"] for r in rows], "o-", color="tab:red", label="MultiMix (1 pass)")
     ax.loglog(ns, [r["mixup_examples_per_s"] for r in rows], "s--", color="tab:blue", label="input mixup (⌈n/m⌉ passes)")
@@ -95,6 +93,4 @@ def plot_speed(rows: List[Dict[str, Any]], path: Path, title: str = "") -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .bench import BenchEntry
+from .metrics import new_figure, save_figure
 from .train import TrainConfig, train
 
 __all__ = ["TuneSpec", "DEFAULT_GRID", "GRID_SIZE", "TUNING_SEED_OFFSET", "tune", "candidate_name"]
@@ -174,16 +175,14 @@ def write_tuning(result: Dict[str, Any], out_dir: Path) -> None:
 
 def plot_tuning(result: Dict[str, Any], path: Path) -> None:
     """One panel per method: validation accuracy of each candidate (mean and seeds), the chosen one in red."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
     labels = list(dict.fromkeys(r["label"] for r in result["records"]))
     cols = 2
     rows = -(-len(labels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(11, 1.9 * rows + 0.6), squeeze=False)
+    try:
+        fig = new_figure(figsize=(11, 1.9 * rows + 0.6))
+    except ImportError:  # plots are optional
+        return
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, label in zip(axes.flat, labels):
         records = [r for r in result["records"] if r["label"] == label]
         for i, r in enumerate(records):
@@ -199,5 +198,4 @@ def plot_tuning(result: Dict[str, Any], path: Path) -> None:
         ax.axis("off")
     fig.suptitle("validation accuracy (%) of each candidate: mean (dot) and seeds; red = chosen", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

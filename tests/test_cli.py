@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import multimix
 import multimix.train as train_module
 from multimix.bench import DEFAULT_ENTRIES
 from multimix.cli import main
@@ -227,7 +228,11 @@ def test_config_file_and_flag_override(tmp_path):
     parser = argparse.ArgumentParser()
     _train_parser(parser.add_subparsers(dest="command"))
     config = config_from_args(parser.parse_args(["train", "--config", "mnist1d_cnn", "--alpha", "0.1", "--epochs", "3"]))
-    assert config.method == "multimix" and config.method_args == {"n": 1000, "alpha": 0.1} and config.epochs == 3
+    # --alpha replaces the recipe's concentration (the two are one setting) and keeps its other arguments
+    assert config.method == "multimix" and config.epochs == 3
+    assert config.method_args == {"n": 1000, "alpha": 0.1, "clean_weight": 1.0}
+    config = config_from_args(parser.parse_args(["train", "--config", "mnist1d_cnn", "--distill"]))
+    assert config.distill == multimix.SelfDistillation.DEFAULTS
     other = config_from_args(parser.parse_args(["train", "--config", "mnist1d_cnn", "--method", "mixup"]))
     assert other.method_args == {}  # the recipe's MultiMix arguments do not leak into another method
     yaml_path = tmp_path / "bad.yaml"

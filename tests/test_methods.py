@@ -311,3 +311,8 @@ def test_self_distillation_warmup_ramps_the_teacher_weight(tiny_model, tiny_batc
     restored = multimix.SelfDistillation(tiny_model, weight=0.6, warmup_steps=4)
     restored.load_state_dict(distill.state_dict())
     assert restored.updates == 5
+
+
+def test_self_distillation_defaults_match_the_documented_ones(tiny_model):
+    distill = multimix.SelfDistillation(tiny_model)
+    assert {k: getattr(distill, k) for k in multimix.SelfDistillation.DEFAULTS} == multimix.SelfDistillation.DEFAULTS

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from .data import DATASETS
 from .distributed import DistributedError
-from .methods import METHODS
+from .methods import METHODS, SelfDistillation
 from .train import SCHEDULES, CheckpointError, NonFiniteLossError, TrainConfig, train
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -130,6 +130,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args).copy()
     values.pop("command", None)
+    values_given = set(values)
     data = load_config(values.pop("config")) if "config" in values else {}
     method_args = dict(data.pop("method_args", {}) or {})
     if data.get("method") not in (None, values.get("method", data.get("method"))):
@@ -138,9 +139,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for flag, key in _METHOD_FLAGS.items():
         if flag in values:
             method_args[key] = values.pop(flag)
+    # --alpha and --concentration are two ways to set one thing: a flag replaces the recipe's other form.
+    for given, other in (("alpha", "concentration"), ("concentration", "alpha")):
+        if given in values_given and other not in values_given:
+            method_args.pop(other, None)
     distill_overrides = {key: values.pop(flag) for flag, key in _DISTILL_FLAGS.items() if flag in values}
     if values.pop("distill", False) or distill_overrides:
-        distill = {"momentum": 0.999, "temperature": 1.0, "weight": 0.5, **(distill or {}), **distill_overrides}
+        distill = {**SelfDistillation.DEFAULTS, **(distill or {}), **distill_overrides}
     data.update(values)
     return TrainConfig(**data, method_args=method_args, distill=distill).validate()
 

@@ -53,6 +53,8 @@ class SelfDistillation:
     (docs/results.md); a weight of 0.5 lost about 0.7 points there.
     """
 
+    DEFAULTS = {"momentum": 0.99, "temperature": 2.0, "weight": 0.2, "warmup_steps": 200}
+
     def __init__(self, model: nn.Module, momentum: float = 0.99, temperature: float = 2.0, weight: float = 0.2,
                  warmup_steps: int = 200):
         if not isinstance(model, nn.Module):

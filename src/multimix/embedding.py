@@ -240,7 +240,7 @@ class DenseMultiMix(MultiMix):
         self.position_weighting = position_weighting
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", attention={self.attention!r})"
+        return super().__repr__()[:-1] + f", attention={self.attention!r}, pooled_weight={self.pooled_weight})"
 
     def attention_map(self, z: Tensor, targets: Tensor, head) -> Tensor:
         """a (m, r) for flattened dense embeddings z (m, d, r) and targets (m, c[, r])."""

@@ -25,9 +25,11 @@ from .train import SCHEDULES, CheckpointError, NonFiniteLossError, TrainConfig, 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # flag name -> key of method_args
-_METHOD_FLAGS = {"alpha": "alpha", "concentration": "concentration", "n": "n", "tuple_size": "tuple_size", "clean_weight": "clean_weight", "rows_per_draw": "rows_per_draw",
-                 "attention": "attention", "position_weighting": "position_weighting", "pooled_weight": "pooled_weight", "layers": "layers", "eta": "eta", "mixupe_version": "version",
-                 "threshold": "threshold", "base": "base", "label_smoothing": "label_smoothing"}
+_METHOD_FLAGS = {"alpha": "alpha", "concentration": "concentration", "n": "n", "tuple_size": "tuple_size",
+                 "clean_weight": "clean_weight", "rows_per_draw": "rows_per_draw", "attention": "attention",
+                 "position_weighting": "position_weighting", "pooled_weight": "pooled_weight", "layers": "layers",
+                 "eta": "eta", "mixupe_version": "version", "threshold": "threshold", "base": "base",
+                 "label_smoothing": "label_smoothing"}
 _DISTILL_FLAGS = {"distill_momentum": "momentum", "distill_temperature": "temperature", "distill_weight": "weight",
                   "distill_warmup": "warmup_steps"}
 
@@ -191,9 +193,8 @@ def _bench(args) -> int:
     if args.config:
         recipe = {k: v for k, v in load_config(args.config).items() if k not in ("method", "method_args", "distill")}
         base = TrainConfig(**{**recipe, "progress": False, "checkpoint": False})
-    val_size = args.val_size
     overrides = {k: v for k, v in (("epochs", args.epochs), ("num_train", args.num_train), ("num_test", args.num_test),
-                                   ("val_size", val_size), ("data_dir", args.data_dir)) if v is not None}
+                                   ("val_size", args.val_size), ("data_dir", args.data_dir)) if v is not None}
     base = replace(base, **overrides)
     base = replace(base, eval_every=base.epochs).validate()  # evaluate once, at the end of each run
     setting = (f"{base.dataset} ({base.num_train} train / {base.val_size} validation / {base.num_test} test, "

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from multimix.distributed import format_bytes, mixing_communication
+from multimix.engine.distributed import format_bytes, mixing_communication
 from multimix.models import build_model
 
 MODELS = [

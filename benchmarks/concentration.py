@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from multimix.bench import DEFAULT_CONFIG
-from multimix.train import train
+from multimix.engine import train
+from multimix.experiments.bench import DEFAULT_CONFIG
 
 CONCENTRATIONS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 BATCH_SIZES = (64, 128, 256)

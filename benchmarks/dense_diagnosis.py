@@ -26,9 +26,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from multimix.evaluation import predict
-from multimix.metrics import expected_calibration_error
-from multimix.train import TrainConfig, train
+from multimix.engine import Trainer, TrainConfig
+from multimix.evaluation.calibration import expected_calibration_error
+from multimix.evaluation.report import predict
 
 PROBES = [
     ("ERM", "erm", {}),
@@ -59,8 +59,9 @@ def main() -> None:
     for label, method, method_args in PROBES:
         accs, eces = [], []
         for s in range(args.seeds):
-            summary = train(replace(base, method=method, method_args=dict(method_args), seed=1000 + s))
-            pred = predict(summary["model"], summary["splits"].val)
+            trainer = Trainer(replace(base, method=method, method_args=dict(method_args), seed=1000 + s))
+            summary = trainer.run()
+            pred = predict(trainer.model, trainer.splits.val)
             accs.append(summary["final"]["val_accuracy"])
             eces.append(100 * expected_calibration_error(pred["logits"].softmax(-1), pred["labels"]))
         results.append({"probe": label, "val_accuracy": accs, "val_ece": eces})

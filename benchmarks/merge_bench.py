@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from multimix.bench import DEFAULT_ENTRIES, summarise, write_results
+from multimix.experiments.bench import DEFAULT_ENTRIES, summarise, write_results
 
 
 def main(out_dir: str, *inputs: str, only=None) -> None:
@@ -32,7 +32,7 @@ def main(out_dir: str, *inputs: str, only=None) -> None:
             if key not in seen:  # a method present in several inputs is taken from the first
                 seen.add(key)
                 runs.append(run)
-    order = {entry[0]: i for i, entry in enumerate(DEFAULT_ENTRIES)}  # the bench's row order where known
+    order = {entry.label: i for i, entry in enumerate(DEFAULT_ENTRIES)}  # the bench's row order where known
     runs.sort(key=lambda run: order.get(run["label"], len(order)))
     seed_sets = {label: sorted(r["seed"] for r in runs if r["label"] == label) for label in {r["label"] for r in runs}}
     if len({tuple(v) for v in seed_sets.values()}) != 1:

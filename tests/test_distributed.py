@@ -20,13 +20,14 @@ import pytest
 import torch
 from torch import nn
 
-import multimix.train as train_module
 from multimix import distributed as D
 from multimix import functional as MF
 from multimix.cli import main
 from multimix.contract import MixableClassifier
 from multimix.methods import ERM, DenseMultiMixMethod, MultiMixMethod
-from multimix.train import TrainConfig, load_checkpoint, train
+from multimix.engine import Trainer, TrainConfig, load_checkpoint, train
+from multimix.engine import distributed as ED
+from multimix.engine.trainer import epoch_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # = the torchrun command
@@ -92,9 +93,9 @@ def _with_lam(method, lam):
     return method
 
 
-def tiny(out_dir, **kw):
+def tiny(out_dir, mix_scope="global", **kw):
     base = dict(dataset="mnist1d", num_train=256, num_test=101, model="cnn1d", width=8, epochs=2, batch_size=32,
-                method="multimix", method_args={"n": 32, "alpha": 0.5}, mix_scope="global", progress=False,
+                method="multimix", method_args={"n": 32, "alpha": 0.5, "mix_scope": mix_scope}, progress=False,
                 out_dir=str(out_dir))
     base.update(kw)
     return TrainConfig(**base)
@@ -120,7 +121,7 @@ def _worker(rank, port, out):
 
         # ERM under DDP, a few SGD steps
         model = NoBatchNorm()
-        ddp = D.wrap_ddp(model, ERM(), torch.device("cpu"))
+        ddp = ED.wrap_ddp(model, ERM(), torch.device("cpu"))
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         for step in range(STEPS):
             loss = ddp(x[step, rows], y[step, rows])
@@ -132,7 +133,7 @@ def _worker(rank, port, out):
         # global MultiMix / Dense MultiMix with a given Λ: loss and DDP-averaged gradients
         for name, method in _mix_methods("global").items():
             model = NoBatchNorm()
-            ddp = D.wrap_ddp(model, _with_lam(method, _lams()[rank]), torch.device("cpu"))
+            ddp = ED.wrap_ddp(model, _with_lam(method, _lams()[rank]), torch.device("cpu"))
             loss = ddp(x[0, rows], y[0, rows])
             loss.backward()
             res[name] = {"loss": loss.item(), "grads": {k: p.grad.clone() for k, p in model.named_parameters()}}
@@ -223,9 +224,10 @@ def test_resume_a_two_process_checkpoint_in_one_process(two_ranks, tmp_path):
         (run / name).write_bytes((out / "a0" / name).read_bytes())
     saved = load_checkpoint(run / "last.pt")
     assert saved["history"][0]["lr"] == pytest.approx(0.05)  # half-way through the cosine schedule
-    loaded = train(tiny(run, resume=True, stop_after_epochs=0))  # load only
+    loaded = Trainer(tiny(run, resume=True, stop_after_epochs=0))
+    loaded.run()  # load only
     for k, v in saved["model"].items():
-        assert torch.equal(loaded["model"].state_dict()[k], v)
+        assert torch.equal(loaded.model.state_dict()[k], v)
     summary = train(tiny(run, resume=True))
     assert summary["status"] == "completed" and summary["world_size"] == 1
     state = load_checkpoint(run / "last.pt")
@@ -235,23 +237,24 @@ def test_resume_a_two_process_checkpoint_in_one_process(two_ranks, tmp_path):
 
 
 def test_rank_seeds():
-    assert train_module._rank_seed(3, 5, 0) == train_module._epoch_seed(3, 5)  # one process: unchanged
-    assert len({train_module._rank_seed(3, 5, r) for r in range(8)}) == 8
+    assert epoch_seed(3, 5, 0) == epoch_seed(3, 5) == (3 * 1_000_003 + 5 * 7919 + 1)  # one process: unchanged
+    assert len({epoch_seed(3, 5, r) for r in range(8)}) == 8
 
 
 def test_global_scope_is_rejected_for_other_methods(capsys, tmp_path):
     assert main(["train", "--method", "erm", "--mix-scope", "global", "--out-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "mix_scope 'global'" in err and "multimix and dense_multimix only" in err and "Traceback" not in err
+    assert "'mix_scope'" in err and "belongs to multimix, dense_multimix" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="mix_scope must be one of"):
         MultiMixMethod(mix_scope="world")
 
 
 def test_communication_counts():
-    c = D.mixing_communication(batch_size=128, world_size=8, embed_dim=512, num_classes=100, num_parameters=1000)
+    c = ED.mixing_communication(batch_size=128, world_size=8, embed_dim=512, num_classes=100, num_parameters=1000)
     assert c["gather_forward_bytes"] == 128 * 8 * (512 + 100) * 4
     assert c["gather_backward_bytes"] == 128 * 8 * 512 * 4 and c["allreduce_bytes"] == 4000
-    dense = D.mixing_communication(batch_size=2, world_size=2, embed_dim=3, num_classes=5, num_parameters=10,
+    dense = ED.mixing_communication(batch_size=2, world_size=2, embed_dim=3, num_classes=5, num_parameters=10,
                                    positions=4, dense_targets=True)
     assert dense["gather_forward_bytes"] == 2 * 2 * (3 * 4 + 5 * 4) * 4
 
@@ -282,13 +285,13 @@ def test_torchrun_train_end_to_end_resuming_a_one_process_run(tmp_path):
     assert state["epoch"] == 2 and state["world_size"] == 2 and state["steps_per_epoch"] == 4
     assert rows[1]["lr"] == pytest.approx(0.0, abs=1e-9)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["config"]["mix_scope"] == "global"
+    assert summary["status"] == "completed" and summary["config"]["method_args"]["mix_scope"] == "global"
     assert summary["communication"]["gather_forward_bytes"] == 32 * 2 * (8 + 10) * 4
 
 
 _FAULTY = """
     import os, sys, time
-    import multimix.train as T
+    import multimix.engine.trainer as T
     from multimix.cli import main
 
     class Faulty:
@@ -330,7 +333,7 @@ def test_single_process_helpers_are_no_ops(monkeypatch):
     assert (D.rank(), D.world_size(), D.is_main()) == (0, 1, True)
     z = torch.randn(3, 2)
     assert D.all_gather_with_grad(z) is z and D.all_gather(z) is z and D.mean_across_ranks(2.5) == 2.5
-    assert D.run_on_main(lambda: 7) == 7 and D.main_first(lambda: 8) == 8
+    assert ED.run_on_main(lambda: 7) == 7 and ED.main_first(lambda: 8) == 8
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(RuntimeError, match="torchrun"):

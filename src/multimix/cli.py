@@ -9,151 +9,140 @@ override the YAML recipe. ``multimix configs`` lists the bundled recipes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
-
-import torch
+import typing
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
-from .data import DATASETS
-from .distributed import DistributedError
-from .methods import METHODS, SelfDistillation
-from .train import SCHEDULES, CheckpointError, NonFiniteLossError, TrainConfig, train
+import torch
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+from .engine import (CheckpointError, DistributedError, NonFiniteLossError, TrainConfig, Trainer, bundled_configs,
+                     load_recipe, resolve_device)
+from .engine.trainer import run_in_processes
+from .methods import METHODS, SelfDistillation, distill_settings, method_settings
+from .methods.settings import Setting
 
-# flag name -> key of method_args
-_METHOD_FLAGS = {"alpha": "alpha", "concentration": "concentration", "n": "n", "tuple_size": "tuple_size",
-                 "clean_weight": "clean_weight", "rows_per_draw": "rows_per_draw", "attention": "attention",
-                 "position_weighting": "position_weighting", "pooled_weight": "pooled_weight", "layers": "layers",
-                 "eta": "eta", "mixupe_version": "version", "threshold": "threshold", "base": "base",
-                 "label_smoothing": "label_smoothing"}
-_DISTILL_FLAGS = {"distill_momentum": "momentum", "distill_temperature": "temperature", "distill_weight": "weight",
-                  "distill_warmup": "warmup_steps"}
+# Flag spellings that differ from the setting's name (torchrun's parser swallows --n; MixupE's version).
+FLAG_NAMES = {"n": ["--num-mix", "--n"], "version": ["--mixupe-version"]}
+DISTILL_FLAG_NAMES = {"warmup_steps": ["--distill-warmup", "--distill-warmup-steps"]}
+DISTILL_PREFIX = "distill_"
 
 
-def bundled_configs() -> List[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+class UserError(Exception):
+    """Bad input from the command line, a recipe or the data: reported in one line with exit status 2."""
 
 
-def load_config(name_or_path: str) -> Dict[str, Any]:
-    """A YAML recipe by bundled name (see ``multimix configs``) or by path."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a bundled recipe; "
-                                f"bundled: {', '.join(bundled_configs())}")
+# Known failures that are the user's to fix, whatever the phase: one line, exit status 2.
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, ImportError, CheckpointError,
+               NonFiniteLossError, DistributedError)
+
+
+@contextlib.contextmanager
+def checking_input() -> Iterator[None]:
+    """Inside this block (parsing, validation, set-up) a ``ValueError``/``TypeError`` is the user's input."""
     try:
-        import yaml
-    except ImportError as err:
-        raise ImportError("YAML configs need PyYAML: pip install pyyaml") from err
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config {path} must be a mapping of TrainConfig fields")
-    valid = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise ValueError(f"config {path} has unknown keys {unknown}; valid keys: {', '.join(sorted(valid))}")
-    return data
+        yield
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from err
 
 
-def _train_parser(sub) -> argparse.ArgumentParser:
+def parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def argparse_kwargs(annotation: Any) -> Dict[str, Any]:
+    """``type``/``choices``/``nargs`` for a flag of this type annotation (Optional, Literal, lists, bool, numbers)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        options = [a for a in args if a is not type(None)]
+        literal = [a for a in options if typing.get_origin(a) is typing.Literal]
+        return argparse_kwargs(literal[0] if literal else options[0])
+    if origin is typing.Literal:
+        return {"type": type(args[0]), "choices": list(args)}
+    if origin in (list, tuple) or str(origin) == "<class 'collections.abc.Sequence'>":
+        return {"type": args[0] if args else str, "nargs": "+"}
+    if annotation is bool:
+        return {"type": parse_bool, "metavar": "{true,false}"}
+    return {"type": annotation if annotation in (int, float, str) else str}
+
+
+def all_method_settings() -> Dict[str, Setting]:
+    """Every method's settings by name (a name shared by several methods has one meaning)."""
+    found: Dict[str, Setting] = {}
+    for method in METHODS:
+        for name, setting in method_settings(method).items():
+            found.setdefault(name, setting)
+    return found
+
+
+def train_parser(sub) -> argparse.ArgumentParser:
+    """``multimix train``: a flag per TrainConfig field, per method setting and per distillation setting."""
     p = sub.add_parser("train", help="train one method", description="Train one method. Flags override --config.",
                        argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help="bundled recipe name or YAML path (see `multimix configs`)")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default mnist1d)")
-    g.add_argument("--data-dir", dest="data_dir", help="data root (ImageFolder tree with train/ and test/, or CIFAR root)")
-    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
-    g.add_argument("--num-train", dest="num_train", type=int, help="training subset size")
-    g.add_argument("--num-test", dest="num_test", type=int, help="test subset size")
-    g.add_argument("--val-size", dest="val_size", type=int, help="examples held out from train for validation")
-    g.add_argument("--image-size", dest="image_size", type=int)
-    g.add_argument("--no-augment", dest="augment", action="store_false")
-    g = p.add_argument_group("model and method")
-    g.add_argument("--model", help="cnn1d, preact_resnet18, preact_resnet_small, resnet18..resnet152, timm:<name>")
-    g.add_argument("--width", type=int, help="channels of cnn1d / first-group width of PreActResNets")
-    g.add_argument("--method", help=f"one of {', '.join(METHODS)}")
-    g.add_argument("--alpha", type=float, help="Beta/Dirichlet concentration α")
-    g.add_argument("--num-mix", "--n", dest="n", type=int,
-                   help="MultiMix: interpolated examples per batch (use --num-mix under torchrun, whose parser takes --n)")
-    g.add_argument("--position-weighting", dest="position_weighting", choices=["uniform", "attention"],
-                   help="Dense MultiMix: weight of each position in the dense loss")
-    g.add_argument("--concentration", type=float,
-                   help="MultiMix: total Dirichlet concentration A = tuple length × α (instead of --alpha)")
-    g.add_argument("--rows-per-draw", dest="rows_per_draw", type=int,
-                   help="MultiMix: rows of Λ filled by each Dirichlet draw (reordered; default 1)")
-    g.add_argument("--pooled-weight", dest="pooled_weight", type=float,
-                   help="Dense MultiMix: weight of an extra MultiMix loss on the pooled embeddings")
-    g.add_argument("--tuple-size", dest="tuple_size", type=int, help="MultiMix: examples per tuple")
-    g.add_argument("--clean-weight", dest="clean_weight", type=float, help="MultiMix: weight of the clean loss")
-    g.add_argument("--attention", choices=["uniform", "self", "cam"], help="Dense MultiMix attention")
-    g.add_argument("--layers", type=int, nargs="+", help="manifold mixup: candidate layers")
-    g.add_argument("--eta", type=float, help="MixupE η")
-    g.add_argument("--mixupe-version", dest="mixupe_version", type=int, choices=[3, 4])
-    g.add_argument("--threshold", type=float, help="MixupE τ")
-    g.add_argument("--base", choices=["mixup", "cutmix", "manifold_mixup"], help="MixupE base method")
-    g.add_argument("--label-smoothing", dest="label_smoothing", type=float)
-    g.add_argument("--distill", action="store_true", help="self-distillation from an EMA teacher")
-    g.add_argument("--distill-momentum", dest="distill_momentum", type=float)
-    g.add_argument("--distill-temperature", dest="distill_temperature", type=float)
-    g.add_argument("--distill-weight", dest="distill_weight", type=float)
-    g.add_argument("--distill-warmup", dest="distill_warmup", type=int, help="steps over which the teacher's weight ramps up")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", dest="batch_size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", dest="weight_decay", type=float)
-    g.add_argument("--schedule", choices=SCHEDULES)
-    g = p.add_argument_group("machinery")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--no-amp", dest="amp", action="store_false")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--workers", type=int, help="data-loader worker processes")
-    g.add_argument("--out-dir", dest="out_dir", help="where checkpoints, metrics and the summary go")
-    g.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
-    g.add_argument("--stop-after-epochs", dest="stop_after_epochs", type=int,
-                   help="end this invocation after this many epochs (for time-limited jobs); continue with --resume")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
-    g = p.add_argument_group("several processes (launch with torchrun --nproc_per_node=N -m multimix -- train ...)")
-    g.add_argument("--mix-scope", dest="mix_scope", choices=["local", "global"],
-                   help="multimix/dense_multimix: mix within each process's batch (local, default) or over the "
-                        "global batch of all processes (global)")
-    g.add_argument("--dist-timeout", dest="dist_timeout", type=float,
-                   help="seconds a process waits for the others before the job fails (default 600)")
+    groups: Dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("method_args", "distill"):
+            continue
+        group = groups.setdefault(f.metadata["group"], p.add_argument_group(f.metadata["group"]))
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        annotation = typing.get_type_hints(TrainConfig)[f.name]
+        if annotation is bool and f.default is True:
+            group.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                               help=f"turn off: {help_text}")
+        elif annotation is bool:
+            group.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, help=help_text, **argparse_kwargs(annotation))
+    g = p.add_argument_group("method settings (each applies to the methods named; see multimix.methods)")
+    for name, setting in all_method_settings().items():
+        takers = [m for m in METHODS if name in method_settings(m)]
+        g.add_argument(*FLAG_NAMES.get(name, ["--" + name.replace("_", "-")]), dest=name,
+                       help=f"{setting.help} ({', '.join(takers)})", **argparse_kwargs(setting.annotation))
+    g = p.add_argument_group("self-distillation (an EMA teacher's soft targets, interpolated like hard ones)")
+    g.add_argument("--distill", action="store_true", help="turn on self-distillation (defaults: "
+                   + ", ".join(f"{k} {v}" for k, v in SelfDistillation.DEFAULTS.items()) + ")")
+    for name, setting in distill_settings().items():
+        g.add_argument(*DISTILL_FLAG_NAMES.get(name, ["--distill-" + name.replace("_", "-")]),
+                       dest=DISTILL_PREFIX + name, help=setting.help, **argparse_kwargs(setting.annotation))
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: the recipe (if any), then the flags; checked before anything runs."""
     values = vars(args).copy()
     values.pop("command", None)
-    values_given = set(values)
-    data = load_config(values.pop("config")) if "config" in values else {}
+    given = set(values)
+    data = load_recipe(values.pop("config")) if "config" in values else {}
     method_args = dict(data.pop("method_args", {}) or {})
     if data.get("method") not in (None, values.get("method", data.get("method"))):
         method_args = {}  # the recipe's method arguments belong to the method it names
     distill = data.pop("distill", None)
-    for flag, key in _METHOD_FLAGS.items():
-        if flag in values:
-            method_args[key] = values.pop(flag)
+    for name in all_method_settings():
+        if name in values:
+            method_args[name] = values.pop(name)
     # --alpha and --concentration are two ways to set one thing: a flag replaces the recipe's other form.
-    for given, other in (("alpha", "concentration"), ("concentration", "alpha")):
-        if given in values_given and other not in values_given:
+    for flag, other in (("alpha", "concentration"), ("concentration", "alpha")):
+        if flag in given and other not in given:
             method_args.pop(other, None)
-    distill_overrides = {key: values.pop(flag) for flag, key in _DISTILL_FLAGS.items() if flag in values}
-    if values.pop("distill", False) or distill_overrides:
-        distill = {**SelfDistillation.DEFAULTS, **(distill or {}), **distill_overrides}
+    overrides = {name[len(DISTILL_PREFIX):]: values.pop(name) for name in list(values) if name.startswith(DISTILL_PREFIX)}
+    if values.pop("distill", False) or overrides:
+        distill = {**SelfDistillation.DEFAULTS, **(distill or {}), **overrides}
     data.update(values)
     return TrainConfig(**data, method_args=method_args, distill=distill).validate()
 
 
-def _bench_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="compare methods over seeds (default: MNIST-1D, 9 methods x 5 seeds with tuned settings, about 10 minutes on 2 CPU cores)")
+def bench_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="compare methods over seeds (default: MNIST-1D, 9 methods x 5 seeds with tuned "
+                                     "settings, about 10 minutes on 2 CPU cores)")
     p.add_argument("--out-dir", default="runs/bench", help="where results.{md,csv,json,png} go (default runs/bench)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed … first-seed + seeds − 1")
@@ -163,10 +152,12 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs per run (default 30)")
     p.add_argument("--num-train", type=int, help="training examples (default 2000)")
     p.add_argument("--num-test", type=int, help="test examples (default 10000)")
-    p.add_argument("--val-size", type=int, help="validation examples held out of the training pool, used by --tune (default: "
-                                                 "5000 on MNIST-1D, where they are generated beside the training set; "
-                                                 "the recipe's with --config)")
+    p.add_argument("--val-size", type=int, help="validation examples held out of the training pool, used by --tune "
+                                                 "(default: 5000 on MNIST-1D, where they are generated beside the "
+                                                 "training set; the recipe's with --config)")
     p.add_argument("--methods", help="comma-separated labels or method names to keep (default: all)")
+    p.add_argument("--entries", help="a YAML file of bench entries (default: the bundled configs/bench/entries.yaml)")
+    p.add_argument("--grid", help="a YAML file of tuning candidates for --tune (default: configs/bench/grid.yaml)")
     p.add_argument("--tune", action="store_true",
                    help="first select each method's settings on the validation split (same number of candidates "
                         "and tuning seeds for every method), then compare the chosen settings on the test split")
@@ -175,52 +166,60 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _keep(items, names: Optional[str], label_of, method_of, what: str):
+def keep_methods(items, names: Optional[str], what: str):
+    """The items whose label or method is in the comma-separated ``names`` (all when ``names`` is empty)."""
     if not names:
         return list(items)
     keep = [m.strip() for m in names.split(",") if m.strip()]
-    valid = {label_of(e) for e in items} | {method_of(e) for e in items}
+    valid = {e.label for e in items} | {e.method for e in items}
     bad = [m for m in keep if m not in valid]
     if bad:
         raise ValueError(f"unknown {what} {bad}; valid: {', '.join(sorted(valid))}")
-    return [e for e in items if label_of(e) in keep or method_of(e) in keep]
+    return [e for e in items if e.label in keep or e.method in keep]
 
 
-def _bench(args) -> int:
-    from .bench import DEFAULT_CONFIG, DEFAULT_ENTRIES, run_bench
+def run_bench_command(args) -> int:
+    from .experiments.bench import DEFAULT_CONFIG, evaluation_table, markdown_table, run_bench
+    from .experiments.entries import ENTRIES_PATH, GRID_PATH, load_entries, load_grid
+    from .experiments.tune import tune
 
-    base = DEFAULT_CONFIG
-    if args.config:
-        recipe = {k: v for k, v in load_config(args.config).items() if k not in ("method", "method_args", "distill")}
-        base = TrainConfig(**{**recipe, "progress": False, "checkpoint": False})
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("num_train", args.num_train), ("num_test", args.num_test),
-                                   ("val_size", args.val_size), ("data_dir", args.data_dir)) if v is not None}
-    base = replace(base, **overrides)
-    base = replace(base, eval_every=base.epochs).validate()  # evaluate once, at the end of each run
+    with checking_input():
+        for name in ("seeds", "tune_seeds", "attack_limit"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        base = DEFAULT_CONFIG
+        if args.config:
+            recipe = {k: v for k, v in load_recipe(args.config).items() if k not in ("method", "method_args", "distill")}
+            base = TrainConfig(**{**recipe, "progress": False, "checkpoint": False})
+        overrides = {k: v for k, v in (("epochs", args.epochs), ("num_train", args.num_train),
+                                       ("num_test", args.num_test), ("val_size", args.val_size),
+                                       ("data_dir", args.data_dir)) if v is not None}
+        base = replace(base, **overrides)
+        base = replace(base, eval_every=base.epochs).validate()  # evaluate once, at the end of each run
+        if args.tune:
+            grid = keep_methods(load_grid(Path(args.grid) if args.grid else GRID_PATH), args.methods, "bench methods")
+            if base.val_size < 1:
+                raise ValueError(f"--tune selects on a validation split: --val-size must be >= 1, got {base.val_size}")
+        else:
+            entries = keep_methods(load_entries(Path(args.entries) if args.entries else ENTRIES_PATH), args.methods,
+                                   "bench methods")
     setting = (f"{base.dataset} ({base.num_train} train / {base.val_size} validation / {base.num_test} test, "
                f"{base.model} width {base.width}, {base.epochs} epochs)")
     if args.tune:
-        from .tune import DEFAULT_GRID, tune
-
-        grid = _keep(DEFAULT_GRID, args.methods, lambda s: s.label, lambda s: s.method, "bench methods")
         print(f"multimix bench --tune: selecting settings of {len(grid)} methods on the validation split, "
               f"{args.tune_seeds} seeds per candidate, {setting}", flush=True)
         entries, _ = tune(Path(args.out_dir), base, seeds=args.tune_seeds, grid=grid,
                           log=lambda line: print(line, flush=True))
-    else:
-        entries = _keep(DEFAULT_ENTRIES, args.methods, lambda e: e[0], lambda e: e[1], "bench methods")
     print(f"multimix bench: {len(entries)} methods × {args.seeds} seeds on {setting}", flush=True)
     results = run_bench(Path(args.out_dir), seeds=args.seeds, first_seed=args.first_seed, entries=entries, base=base,
                         attack_limit=args.attack_limit, log=lambda line: print(line, flush=True))
-    from .bench import evaluation_table, markdown_table
-
     print("\n" + markdown_table(results) + "\n\n" + evaluation_table(results))
     print(f"\nwrote {args.out_dir}/results.md, results.csv, results.json, results.png, embeddings.png "
           f"({results['wall_time_s']:.0f} s)")
     return 0
 
 
-def _eval_parser(sub) -> argparse.ArgumentParser:
+def eval_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="robustness, calibration, OOD detection and embedding analysis of a checkpoint")
     p.add_argument("checkpoint", help="a last.pt written by `multimix train`")
     p.add_argument("--out-dir", help="where eval.json, reliability.png and embeddings.png go (default: beside the checkpoint)")
@@ -234,7 +233,8 @@ def _eval_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _ood_dataset(spec: str, config, splits):
+def ood_dataset(spec: str, config, splits):
+    """The out-of-distribution set named by ``--ood``."""
     from .data import ShuffledPositions, load_dataset
 
     if spec == "shuffled":
@@ -247,29 +247,33 @@ def _ood_dataset(spec: str, config, splits):
     raise ValueError(f"unknown --ood {spec!r}; valid: shuffled, cifar10, cifar100, imagefolder:PATH")
 
 
-def _eval(args) -> int:
+def run_eval_command(args) -> int:
     import json
 
-    from . import metrics
-    from .evaluation import report
-    from .train import _device, load_trained
+    from .engine import load_trained
+    from .evaluation.plots import plot_embeddings, plot_reliability_diagram
+    from .evaluation.report import report
 
-    device = _device(args.device)
-    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
-    config, splits, model = load_trained(args.checkpoint, device=device, **overrides)
-    ood = _ood_dataset(args.ood, config, splits)
+    with checking_input():
+        for name in ("pgd_steps", "attack_limit"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        device = resolve_device(args.device)
+        overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+        config, splits, model = load_trained(args.checkpoint, device=device, **overrides)
+        ood = ood_dataset(args.ood, config, splits)
+    out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
     result = report(model, splits, ood=ood, eps=args.eps, pgd_steps=args.pgd_steps, attack_limit=args.attack_limit,
                     device=device)
     predictions = result.pop("_predictions")
-    out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
-    out_dir.mkdir(parents=True, exist_ok=True)
     result.update({"checkpoint": str(args.checkpoint), "ood": args.ood, "method": config.method})
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
     probs = torch.softmax(predictions["logits"], 1)
-    metrics.plot_reliability_diagram(probs, predictions["labels"], out_dir / "reliability.png",
-                                     title=f"{config.method} on {config.dataset}")
-    metrics.plot_embeddings({config.method: (predictions["embeddings"], predictions["labels"])},
-                            out_dir / "embeddings.png", method=args.projection)
+    plot_reliability_diagram(probs, predictions["labels"], out_dir / "reliability.png",
+                             title=f"{config.method} on {config.dataset}")
+    plot_embeddings({config.method: (predictions["embeddings"], predictions["labels"])},
+                    out_dir / "embeddings.png", method=args.projection)
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
@@ -277,7 +281,7 @@ def _eval(args) -> int:
     return 0
 
 
-def _speed_parser(sub) -> argparse.ArgumentParser:
+def speed_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("speed", help="interpolated examples per second vs n: MultiMix against input mixup")
     p.add_argument("--out-dir", default="runs/speed")
     p.add_argument("--model", default="cnn1d", help="cnn1d (MNIST-1D shape) or preact_resnet18/_small (32x32 images)")
@@ -290,16 +294,17 @@ def _speed_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _speed(args) -> int:
+def run_speed_command(args) -> int:
     import json
 
-    from .speed import measure_speed, plot_speed
-    from .train import _device
+    from .experiments.speed import measure_speed, plot_speed
 
+    with checking_input():
+        device = resolve_device(args.device)
     shape, classes = ((1, 40), 10) if args.model == "cnn1d" else ((3, 32, 32), 100)
     rows = measure_speed(model_name=args.model, width=args.width, input_shape=shape, num_classes=classes,
                          batch_size=args.batch_size, ns=args.ns, repeats=args.repeats,
-                         max_mixup_seconds=args.max_mixup_seconds, device=_device(args.device),
+                         max_mixup_seconds=args.max_mixup_seconds, device=device,
                          log=lambda line: print(line, flush=True))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,33 +314,47 @@ def _speed(args) -> int:
     return 0
 
 
+def run_train_command(args) -> int:
+    with checking_input():
+        config = config_from_args(args)
+
+    def run(device) -> Dict[str, Any]:
+        trainer = Trainer(config, device)
+        with checking_input():  # data, method and checkpoint are checked here, before training
+            trainer.prepare()
+        return trainer.run()
+
+    summary = run_in_processes(config, run)
+    final = summary["final"]
+    if "test_accuracy" in final and summary.get("rank", 0) == 0:
+        print(f"test accuracy {final['test_accuracy']:.2f}% after {summary['epochs_completed']} epochs "
+              f"({summary['status']}); outputs in {summary['config']['out_dir']}")
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+COMMANDS = {"train": run_train_command, "bench": run_bench_command, "eval": run_eval_command,
+            "speed": run_speed_command}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the ``multimix`` command; returns the exit status (2 for the user's errors, in one line).
+
+    An unexpected exception (a bug) propagates with its traceback.
+    """
     parser = argparse.ArgumentParser(prog="multimix", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
-    _bench_parser(sub)
-    _eval_parser(sub)
-    _speed_parser(sub)
+    train_parser(sub)
+    bench_parser(sub)
+    eval_parser(sub)
+    speed_parser(sub)
     sub.add_parser("configs", help="list the bundled YAML recipes")
     args = parser.parse_args(argv)
+    if args.command == "configs":
+        print("\n".join(bundled_configs()))
+        return 0
     try:
-        if args.command == "configs":
-            print("\n".join(bundled_configs()))
-            return 0
-        if args.command == "bench":
-            return _bench(args)
-        if args.command == "eval":
-            return _eval(args)
-        if args.command == "speed":
-            return _speed(args)
-        summary = train(config_from_args(args))
-        final = summary["final"]
-        if "test_accuracy" in final and summary.get("rank", 0) == 0:
-            print(f"test accuracy {final['test_accuracy']:.2f}% after {summary['epochs_completed']} epochs "
-                  f"({summary['status']}); outputs in {summary['config']['out_dir']}")
-        return 130 if summary["status"] == "interrupted" else 0
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, CheckpointError,
-            NonFiniteLossError, DistributedError) as err:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as err:
         print(f"multimix {args.command}: error: {err}", file=sys.stderr)
         return 2
 

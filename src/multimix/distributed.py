@@ -1,4 +1,4 @@
-"""Several processes with ``torch.distributed``: process group, collectives, DDP step module.
+"""Several processes with ``torch.distributed``: process group and collectives.
 
 Training runs one process per GPU (or per CPU worker) under ``torchrun``, which
 sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
@@ -6,7 +6,9 @@ sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 (``WORLD_SIZE`` unset or 1, and no process group initialised by the caller),
 so the same code runs on a laptop and on many nodes.
 
-This module depends on torch only (the methods layer imports it).
+This module depends on torch only (the methods layer imports it). What only
+the trainer needs (rank-0-first helpers, the DDP step module, failure
+detection, communication accounting) is in :mod:`multimix.engine.distributed`.
 
 The global-batch all-gather
 ---------------------------
@@ -24,8 +26,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import pickle
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -33,20 +34,14 @@ from torch import Tensor, nn
 __all__ = [
     "init_from_env", "is_distributed", "comm_device", "rank", "world_size", "local_rank", "is_main", "barrier", "cleanup",
     "all_gather", "all_gather_with_grad", "mean_across_ranks", "sum_across_ranks", "broadcast_object",
-    "run_on_main", "main_first", "broadcast_buffers", "MethodModule", "wrap_ddp", "DistributedError",
-    "is_collective_failure", "mixing_communication", "format_communication", "format_bytes", "DEFAULT_TIMEOUT_S",
+    "broadcast_buffers", "torch_distributed", "DEFAULT_TIMEOUT_S",
 ]
 
 DEFAULT_TIMEOUT_S = 600.0
 
-T = TypeVar("T")
 
-
-class DistributedError(RuntimeError):
-    """A collective failed: another process crashed, was killed, or did not answer within the timeout."""
-
-
-def _dist():
+def torch_distributed():
+    """The ``torch.distributed`` module (imported on first use)."""
     import torch.distributed as dist
 
     return dist
@@ -54,17 +49,17 @@ def _dist():
 
 def is_distributed() -> bool:
     """True when a process group is initialised with more than one process."""
-    dist = _dist()
+    dist = torch_distributed()
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    dist = _dist()
+    dist = torch_distributed()
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def world_size() -> int:
-    dist = _dist()
+    dist = torch_distributed()
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -90,7 +85,7 @@ def init_from_env(backend: Optional[str] = None, timeout_s: float = DEFAULT_TIME
             (gloo) or aborting the process (NCCL's watchdog), so that a crashed
             or hung rank ends the job instead of hanging it.
     """
-    dist = _dist()
+    dist = torch_distributed()
     if not dist.is_available():
         if int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
@@ -123,19 +118,19 @@ def init_from_env(backend: Optional[str] = None, timeout_s: float = DEFAULT_TIME
 
 def cleanup() -> None:
     """Destroy the default process group (safe to call when there is none)."""
-    dist = _dist()
+    dist = torch_distributed()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
     if is_distributed():
-        _dist().barrier()
+        torch_distributed().barrier()
 
 
 def comm_device() -> torch.device:
     """Where small tensors for collectives live: the current GPU for NCCL, else the CPU."""
-    dist = _dist()
+    dist = torch_distributed()
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -144,13 +139,13 @@ def comm_device() -> torch.device:
 # ------------------------------------------------------------------ collectives with autograd
 
 def _all_gather_into(output: Tensor, tensor: Tensor) -> None:
-    dist = _dist()
+    dist = torch_distributed()
     fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     fn(output, tensor)
 
 
 def _reduce_scatter_sum(output: Tensor, tensor: Tensor) -> None:
-    dist = _dist()
+    dist = torch_distributed()
     fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     try:
         fn(output, tensor, op=dist.ReduceOp.SUM)
@@ -207,7 +202,7 @@ def sum_across_ranks(value):
     """Sum of a float or tensor over ranks (the same type back); the value itself for one process."""
     if not is_distributed():
         return value
-    dist = _dist()
+    dist = torch_distributed()
     if isinstance(value, Tensor):
         out = value.detach().clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
@@ -229,7 +224,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_distributed():
         return obj
     box: List[Any] = [obj if rank() == src else None]
-    _dist().broadcast_object_list(box, src=src)
+    torch_distributed().broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -237,161 +232,6 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s buffers (e.g. batch-norm running statistics) to every rank."""
     if not is_distributed():
         return
-    dist = _dist()
+    dist = torch_distributed()
     for buf in module.buffers():
         dist.broadcast(buf.data, src=src)
-
-
-def _transportable(err: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(err))
-        return err
-    except Exception:
-        return RuntimeError(f"{type(err).__name__}: {err}")
-
-
-def run_on_main(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 only and return its result on every rank.
-
-    An exception raised by ``fn`` is raised on every rank (so no rank is left
-    waiting). The result must be picklable; it is sent with
-    ``broadcast_object_list`` (a checkpoint's state, for instance, so that
-    other nodes need not see rank 0's file system).
-    """
-    if not is_distributed():
-        return fn()
-    payload: Any = None
-    if is_main():
-        try:
-            payload = ("ok", fn())
-        except Exception as err:
-            payload = ("error", _transportable(err))
-    kind, value = broadcast_object(payload)
-    if kind == "error":
-        raise value
-    return value
-
-
-def main_first(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0, then on the other ranks (e.g. data download or generation into a cache).
-
-    If it fails on rank 0, every rank raises rank 0's exception.
-    """
-    if not is_distributed():
-        return fn()
-    if is_main():
-        try:
-            result = fn()
-        except Exception as err:
-            broadcast_object(_transportable(err))
-            raise
-        broadcast_object(None)
-        return result
-    err = broadcast_object(None)
-    if err is not None:
-        raise err
-    return fn()
-
-
-_FAILURE_MARKERS = ("gloo", "nccl", "c10d", "connection closed by peer", "connection reset by peer", "processgroup",
-                    "watchdog")
-
-
-def is_collective_failure(err: BaseException) -> bool:
-    """Whether ``err`` comes from a failed collective (a peer died or hung)."""
-    dist_error = getattr(_dist(), "DistError", None)
-    if dist_error is not None and isinstance(err, dist_error):
-        return True
-    if type(err) is not RuntimeError:  # gloo raises plain RuntimeErrors; our own errors subclass it
-        return False
-    message = str(err).lower()
-    return any(marker in message for marker in _FAILURE_MARKERS)
-
-
-# ------------------------------------------------------------------ DDP
-
-class MethodModule(nn.Module):
-    """``forward(x, y) = method(model, x, y)``: the unit DistributedDataParallel wraps.
-
-    DDP synchronises gradients only for work done inside its own ``forward``,
-    while methods call ``model.encode``/``pool``/``head``; wrapping the whole
-    loss computation makes every parameter use visible to DDP. The model is a
-    submodule (its parameters are DDP's); the method is a plain attribute, so
-    an EMA teacher it holds is not synchronised (each rank updates its own
-    copy from identical student weights).
-    """
-
-    def __init__(self, model: nn.Module, method: Callable[[nn.Module, Tensor, Tensor], Tensor]):
-        super().__init__()
-        self.model = model
-        self.method = method
-
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.method(self.model, x, y)
-
-
-def wrap_ddp(model: nn.Module, method, device: torch.device, **ddp_kwargs) -> nn.Module:
-    """``DistributedDataParallel(MethodModule(model, method))`` on ``device``."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else None
-    return DistributedDataParallel(MethodModule(model, method), device_ids=device_ids, **ddp_kwargs)
-
-
-# ------------------------------------------------------------------ communication
-
-def mixing_communication(*, batch_size: int, world_size: int, embed_dim: int, num_classes: int,
-                         num_parameters: int, positions: int = 1, dense_targets: bool = False,
-                         element_bytes: int = 4, target_bytes: int = 4, gradient_bytes: int = 4) -> Dict[str, float]:
-    """Bytes moved per training step and rank by global mixing, against DDP's gradient all-reduce.
-
-    Exact counts from tensor sizes (not timings). With m = ``batch_size``, W
-    ranks, embedding dim d, r spatial ``positions`` (1 for pooled MultiMix) and
-    c classes:
-
-    - ``gather_forward_bytes``: the gathered embeddings and targets each rank
-      holds after the forward all-gather, m·W·d·r · element_bytes +
-      m·W·c[·r] · target_bytes (``element_bytes`` = 2 for bfloat16 embeddings
-      under autocast; soft targets are float32);
-    - ``gather_backward_bytes``: the embedding gradient entering the backward
-      reduce-scatter, m·W·d·r · element_bytes (targets carry no gradient);
-    - ``allreduce_bytes``: DDP's gradient buffer, P · gradient_bytes.
-
-    ``*_sent_bytes`` are what each rank puts on the wire with ring algorithms:
-    (W−1)/W of the gathered tensors, and 2(W−1)/W of the gradient buffer.
-    """
-    m, w = batch_size, world_size
-    z = m * w * embed_dim * positions * element_bytes
-    y = m * w * num_classes * (positions if dense_targets else 1) * target_bytes
-    grads = num_parameters * gradient_bytes
-    share = (w - 1) / w
-    out = {
-        "batch_size": m, "world_size": w, "embed_dim": embed_dim, "positions": positions, "num_classes": num_classes,
-        "num_parameters": num_parameters,
-        "gather_forward_bytes": z + y,
-        "gather_backward_bytes": z,
-        "gather_total_bytes": 2 * z + y,
-        "allreduce_bytes": grads,
-        "gather_sent_bytes": share * (2 * z + y),
-        "allreduce_sent_bytes": 2 * share * grads,
-    }
-    out["ratio"] = out["gather_total_bytes"] / grads if grads else float("inf")
-    out["sent_ratio"] = out["gather_sent_bytes"] / out["allreduce_sent_bytes"] if w > 1 and grads else float("nan")
-    return out
-
-
-def format_bytes(n: float) -> str:
-    """1.50 MiB, 3.00 KiB, 12 B."""
-    for unit, size in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
-def format_communication(c: Dict[str, float]) -> str:
-    """One line: gathered bytes per step and rank against the gradient all-reduce."""
-    return (f"global mixing over W={c['world_size']} x m={c['batch_size']}: all-gather "
-            f"{format_bytes(c['gather_forward_bytes'])} forward + reduce-scatter {format_bytes(c['gather_backward_bytes'])} "
-            f"backward per step and rank, vs gradient all-reduce {format_bytes(c['allreduce_bytes'])} "
-            f"({c['num_parameters']:,} parameters): {100 * c['ratio']:.1f}% (exact tensor sizes, not timings)")

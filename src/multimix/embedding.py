@@ -7,17 +7,20 @@ use in your own training loop. The trainer-facing methods in
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional, get_args
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as MF
+from .checks import check_label_smoothing, check_positive_int
 
 __all__ = ["MultiMix", "DenseMultiMix", "ATTENTIONS"]
 
-ATTENTIONS = ("uniform", "self", "cam")
-POSITION_WEIGHTINGS = ("uniform", "attention")
+Attention = Literal["uniform", "self", "cam"]
+PositionWeighting = Literal["uniform", "attention"]
+ATTENTIONS = get_args(Attention)
+POSITION_WEIGHTINGS = get_args(PositionWeighting)
 
 
 def _num_classes_of(head) -> Optional[int]:
@@ -89,7 +92,7 @@ class MultiMix:
         rows_per_draw: int = 1,
         generator: Optional[torch.Generator] = None,
     ):
-        self.n = MF._check_positive_int(n, "n")
+        self.n = check_positive_int(n, "n")
         if alpha is not None and concentration is not None:
             raise ValueError(f"give alpha or concentration, not both (got alpha={alpha!r}, "
                              f"concentration={concentration!r})")
@@ -99,18 +102,17 @@ class MultiMix:
             clean_weight = self.default_clean_weight
         self.alpha = None if alpha is None else MF.check_alpha(alpha)
         self.concentration = None if concentration is None else MF.check_alpha(concentration, "concentration")
-        self.tuple_size = None if tuple_size is None else MF._check_positive_int(tuple_size, "tuple_size")
+        self.tuple_size = None if tuple_size is None else check_positive_int(tuple_size, "tuple_size")
         if num_classes is not None:
-            MF._check_positive_int(num_classes, "num_classes")
+            check_positive_int(num_classes, "num_classes")
         self.num_classes = num_classes
         if not clean_weight >= 0:
             raise ValueError(f"clean_weight must be >= 0, got {clean_weight!r}")
         self.clean_weight = float(clean_weight)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        label_smoothing = check_label_smoothing(label_smoothing)
         self.label_smoothing = float(label_smoothing)
         self.affine = affine
-        self.rows_per_draw = MF._check_positive_int(rows_per_draw, "rows_per_draw")
+        self.rows_per_draw = check_positive_int(rows_per_draw, "rows_per_draw")
         self.generator = generator
 
     def __repr__(self) -> str:
@@ -225,8 +227,8 @@ class DenseMultiMix(MultiMix):
     default_concentration = 0.5
     default_clean_weight = 0.0
 
-    def __init__(self, n: int = 1000, alpha: Optional[float] = None, *, attention: str = "self",
-                 attention_grad: bool = False, position_weighting: str = "uniform", pooled_weight: float = 3.0,
+    def __init__(self, n: int = 1000, alpha: Optional[float] = None, *, attention: Attention = "self",
+                 attention_grad: bool = False, position_weighting: PositionWeighting = "uniform", pooled_weight: float = 3.0,
                  **kwargs):
         super().__init__(n, alpha, **kwargs)
         if not (isinstance(pooled_weight, (int, float)) and pooled_weight >= 0):

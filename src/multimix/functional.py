@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_label_smoothing, check_positive, check_positive_int
+
 __all__ = [
     "check_positive",
     "check_alpha",
@@ -47,27 +49,9 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def check_positive(value: float, name: str) -> float:
-    """Return ``float(value)``; raise ``TypeError``/``ValueError`` naming ``name`` unless it is finite and > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive finite number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return value
-
-
 def check_alpha(alpha: float, name: str = "alpha") -> float:
     """A concentration α (Beta or Dirichlet): finite and > 0."""
     return check_positive(alpha, name)
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def check_interpolation_matrix(lam: Tensor, m: int, atol: Optional[float] = None) -> None:
@@ -209,10 +193,10 @@ def dirichlet(
     Returns:
         Tensor of shape (n, m).
     """
-    n = _check_positive_int(n, "n")
-    m = _check_positive_int(m, "m")
+    n = check_positive_int(n, "n")
+    m = check_positive_int(m, "m")
     alpha = check_alpha(alpha)
-    k = _check_positive_int(rows_per_draw, "rows_per_draw")
+    k = check_positive_int(rows_per_draw, "rows_per_draw")
     dtype = dtype or torch.get_default_dtype()
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
@@ -303,8 +287,7 @@ def as_soft_targets(
         raise ValueError(f"y must hold at least one example, got shape {tuple(y.shape)}")
     if batch_size is not None and y.shape[0] != batch_size:
         raise ValueError(f"y has {y.shape[0]} examples but the batch has {batch_size} (first dimensions must match)")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    label_smoothing = check_label_smoothing(label_smoothing)
     if y.is_floating_point():
         if y.dim() < 2:
             raise ValueError(f"soft targets y must have shape (m, c), got {tuple(y.shape)}")

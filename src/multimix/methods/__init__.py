@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Dict, List
+
 from .base import ERM, Method
 from .distill import SelfDistillation
 from .mixupe import MixupE
 from .multimix import DenseMultiMixMethod, MultiMixMethod
 from .pairwise import CutMix, InputMixup, ManifoldMixup, PairwiseMix
+from .settings import Setting, settings_of
 
 __all__ = [
     "Method", "ERM", "PairwiseMix", "InputMixup", "CutMix", "ManifoldMixup", "MixupE",
     "MultiMixMethod", "DenseMultiMixMethod", "SelfDistillation", "METHODS", "create_method",
+    "method_settings", "distill_settings", "methods_taking", "Setting",
 ]
 
 METHODS = {
@@ -28,23 +32,32 @@ def create_method(name: str, **kwargs) -> Method:
     """Build a method by name (see ``METHODS``); keyword arguments go to its class.
 
     ``create_method("mixupe", base="cutmix", alpha=1.0)`` builds MixupE over
-    CutMix; ``base`` defaults to input mixup.
+    CutMix; ``base`` defaults to input mixup. An argument the method does not
+    take raises ``ValueError`` naming it and the method's settings.
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
-    if name == "mixupe":
-        extra = {k: kwargs.pop(k) for k in ("eta", "version", "threshold") if k in kwargs}
-        base_name = kwargs.pop("base", "mixup")
-        if base_name not in ("mixup", "cutmix", "manifold_mixup"):
-            raise ValueError(f"MixupE base must be one of mixup, cutmix, manifold_mixup; got {base_name!r}")
-        return MixupE(_construct(base_name, kwargs), **extra)
-    return _construct(name, kwargs)
+    cls = METHODS[name]
+    objects = {"num_classes", "generator", "distill"}
+    unknown = sorted(set(kwargs) - set(cls.settings()) - objects)
+    if unknown:
+        raise ValueError(f"method {name!r} does not take {', '.join(unknown)}; its settings: "
+                         f"{', '.join(cls.settings())}")
+    return cls(**kwargs)
 
 
-def _construct(name: str, kwargs: dict) -> Method:
-    try:
-        return METHODS[name](**kwargs)
-    except TypeError as err:
-        if "unexpected keyword" in str(err) or "got an unexpected" in str(err):
-            raise ValueError(f"method {name!r} does not take {str(err).split('argument')[-1].strip()}: {err}") from err
-        raise
+def method_settings(name: str) -> Dict[str, Setting]:
+    """The settings of method ``name`` (see :mod:`multimix.methods.settings`)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[name].settings()
+
+
+def distill_settings() -> Dict[str, Setting]:
+    """The settings of :class:`SelfDistillation` (momentum, temperature, weight, warmup_steps)."""
+    return settings_of(SelfDistillation)
+
+
+def methods_taking(key: str) -> List[str]:
+    """The names of the methods that have a setting ``key``."""
+    return [name for name, cls in METHODS.items() if key in cls.settings()]

@@ -10,14 +10,16 @@ advances the EMA teacher when self-distillation is on and is a no-op otherwise.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
 from .. import functional as MF
+from ..checks import check_label_smoothing, check_positive_int
 from ..contract import check_mixable, num_classes_of
 from .distill import SelfDistillation
+from .settings import Setting, settings_of
 
 __all__ = ["Method", "ERM"]
 
@@ -35,6 +37,12 @@ class Method:
     """
 
     mixes_at = "none"
+    uses_dense_features = False  # True: the loss needs the dense features (m, d, *spatial), not pooled ones
+
+    @classmethod
+    def settings(cls) -> Dict[str, Setting]:
+        """The user settings of this method (keyword arguments of its constructor chain), by name."""
+        return settings_of(cls)
 
     def __init__(
         self,
@@ -45,9 +53,8 @@ class Method:
         generator: Optional[torch.Generator] = None,
     ):
         if num_classes is not None:
-            MF._check_positive_int(num_classes, "num_classes")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+            check_positive_int(num_classes, "num_classes")
+        label_smoothing = check_label_smoothing(label_smoothing)
         if distill is not None and not isinstance(distill, SelfDistillation):
             raise TypeError(f"distill must be a multimix.SelfDistillation or None, got {type(distill).__name__}")
         self.num_classes = num_classes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Dict
 
 import torch
@@ -52,8 +53,6 @@ class SelfDistillation:
     of five candidates for MultiMix on MNIST-1D's validation split
     (docs/results.md); a weight of 0.5 lost about 0.7 points there.
     """
-
-    DEFAULTS = {"momentum": 0.99, "temperature": 2.0, "weight": 0.2, "warmup_steps": 200}
 
     def __init__(self, model: nn.Module, momentum: float = 0.99, temperature: float = 2.0, weight: float = 0.2,
                  warmup_steps: int = 200):
@@ -128,3 +127,8 @@ class SelfDistillation:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
         self.updates = int(state.get("updates", 0))
+
+
+# The defaults as a mapping (what ``--distill`` uses), read from the signature so they are stated once.
+SelfDistillation.DEFAULTS = {name: p.default for name, p in inspect.signature(SelfDistillation.__init__).parameters.items()
+                             if p.default is not inspect.Parameter.empty}

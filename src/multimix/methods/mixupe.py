@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Dict, Literal, Optional, Union, get_args
 
 from torch import Tensor
 
 from .. import functional as MF
+from ..checks import check_choice
 from .base import Method
-from .pairwise import InputMixup, PairwiseMix
+from .pairwise import CutMix, InputMixup, ManifoldMixup, PairwiseMix
+from .settings import Setting, settings_of
 
-__all__ = ["MixupE"]
+__all__ = ["MixupE", "BASES"]
 
-_DEFAULT = object()
+BaseName = Literal["mixup", "cutmix", "manifold_mixup"]
+BASES = dict(zip(get_args(BaseName), (InputMixup, CutMix, ManifoldMixup)))
+
+_VERSION_DEFAULT = object()  # threshold: τ = 1.0 for version 3, none for version 4
 
 
 class MixupE(Method):
@@ -27,19 +32,24 @@ class MixupE(Method):
     matches mixup, as in the official code (``mixup.py``).
 
     Args:
-        base: a :class:`PairwiseMix` (InputMixup, CutMix, ManifoldMixup).
-        eta: η, weight of the extra term (official default 0.001).
+        base: the pairwise base method: a :class:`PairwiseMix` instance, or its name (mixup, cutmix,
+            manifold_mixup), built from ``**kwargs``.
+        eta: η, weight of the extra term. Default 0.001, the value of the official README's example
+            command (the official code's argument default is 1.0).
         version: 3 (gradients flow through y − softmax(f), threshold τ = 1.0)
             or 4 (residual detached, no threshold), the official code's versions.
         threshold: τ; overrides the version's default (``None``: keep every example).
-        **kwargs: to the default base (``alpha``, ``num_classes``, ...) when
-            ``base`` is not given.
+        **kwargs: to the base method (``alpha``, ``num_classes``, ...) when ``base`` is a name.
     """
 
-    def __init__(self, base: Optional[PairwiseMix] = None, *, eta: float = 1e-3, version: int = 4,
-                 threshold: Union[float, None, object] = _DEFAULT, **kwargs):
-        if base is None:
-            base = InputMixup(**kwargs)
+    @classmethod
+    def settings(cls) -> Dict[str, Setting]:
+        return settings_of(cls, *BASES.values())
+
+    def __init__(self, base: Union[BaseName, PairwiseMix] = "mixup", *, eta: float = 1e-3,
+                 version: Literal[3, 4] = 4, threshold: Optional[float] = _VERSION_DEFAULT, **kwargs):
+        if base is None or isinstance(base, str):
+            base = BASES[check_choice(base or "mixup", "MixupE base", tuple(BASES))](**kwargs)
         elif kwargs:
             raise TypeError(f"pass {sorted(kwargs)} to the base method, not to MixupE, when base is given")
         if not isinstance(base, PairwiseMix):
@@ -48,7 +58,7 @@ class MixupE(Method):
             raise ValueError(f"version must be 3 or 4 (official MixupE code), got {version!r}")
         if not (isinstance(eta, (int, float)) and eta >= 0):
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
-        if threshold is _DEFAULT:
+        if threshold is _VERSION_DEFAULT:
             threshold = 1.0 if version == 3 else None
         super().__init__(num_classes=base.num_classes, label_smoothing=base.label_smoothing,
                          distill=base.distill, generator=base.generator)
@@ -56,7 +66,11 @@ class MixupE(Method):
         self.eta = float(eta)
         self.version = version
         self.threshold = threshold
-        self.mixes_at = base.mixes_at
+
+    @property
+    def mixes_at(self) -> str:
+        """Where the base method mixes."""
+        return self.base.mixes_at
 
     def __repr__(self) -> str:
         return f"MixupE(base={self.base!r}, eta={self.eta}, version={self.version}, threshold={self.threshold})"

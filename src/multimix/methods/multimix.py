@@ -2,40 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Literal, Tuple, get_args
 
 from torch import Tensor
 
 from .. import distributed as D
+from ..checks import check_choice
 from ..embedding import DenseMultiMix, MultiMix
 from .base import Method
+from .settings import Setting, settings_of
 
 __all__ = ["MultiMixMethod", "DenseMultiMixMethod", "MIX_SCOPES"]
 
-MIX_SCOPES = ("local", "global")
-
-_MIX_KEYS = ("n", "alpha", "concentration", "tuple_size", "clean_weight", "affine", "rows_per_draw")
-
-
-def _split(kwargs: dict, extra=()) -> tuple:
-    mix = {k: kwargs.pop(k) for k in _MIX_KEYS + tuple(extra) if k in kwargs}
-    return mix, kwargs
-
-
-def _check_scope(mix_scope: str) -> str:
-    if mix_scope not in MIX_SCOPES:
-        raise ValueError(f"mix_scope must be one of {', '.join(MIX_SCOPES)}, got {mix_scope!r}")
-    return mix_scope
+MixScope = Literal["local", "global"]
+MIX_SCOPES = get_args(MixScope)
 
 
 class MultiMixMethod(Method):
     """MultiMix at the embedding: ``loss = MultiMix(...)(model.pool(model.encode(x)), Y, model.head)``.
 
-    Keyword arguments ``n``, ``alpha`` or ``concentration``, ``tuple_size``, ``clean_weight`` and
-    ``affine`` go to :class:`multimix.MultiMix`; the rest to :class:`Method`.
+    Keyword arguments of :class:`multimix.MultiMix` (``n``, ``alpha`` or ``concentration``,
+    ``tuple_size``, ``clean_weight``, ``affine``, ``rows_per_draw``) go to it; the rest to :class:`Method`.
 
-    ``mix_scope``: ``"local"`` (default) mixes each process's own mini-batch;
-    ``"global"``, under ``torch.distributed`` with W processes, gathers the
+    Args:
+        mix_scope: ``"local"`` (default) mixes each process's own mini-batch; ``"global"`` the global batch.
+
+    ``mix_scope="global"``, under ``torch.distributed`` with W processes, gathers the
     embeddings (with gradient) and the targets of all ranks, so Λ has shape
     (n, m·W) — drawn from this rank's generator — and every interpolated
     example is a convex combination over the global batch. The loss is the
@@ -45,14 +37,19 @@ class MultiMixMethod(Method):
     """
 
     mixes_at = "embedding"
-    _mix_class = MultiMix
-    _mix_extra_keys: Tuple[str, ...] = ()
+    mix_class = MultiMix  # the embedding-level operation this method applies
 
-    def __init__(self, *, mix_scope: str = "local", **kwargs):
-        mix, rest = _split(kwargs, extra=self._mix_extra_keys)
-        super().__init__(**rest)
-        self.mix_scope = _check_scope(mix_scope)
-        self.mix = self._mix_class(num_classes=self.num_classes, generator=self.generator, **mix)
+    @classmethod
+    def settings(cls) -> Dict[str, Setting]:
+        return settings_of(cls, cls.mix_class)
+
+    def __init__(self, *, mix_scope: MixScope = "local", **kwargs):
+        # Method's own settings (label_smoothing) stay with Method; the mix class takes the rest.
+        mix_keys = set(settings_of(self.mix_class)) - set(Method.settings())
+        mix = {k: kwargs.pop(k) for k in list(kwargs) if k in mix_keys}
+        super().__init__(**kwargs)
+        self.mix_scope = check_choice(mix_scope, "mix_scope", MIX_SCOPES)
+        self.mix = self.mix_class(num_classes=self.num_classes, generator=self.generator, **mix)
 
     def __repr__(self) -> str:
         scope = ", mix_scope='global'" if self.mix_scope == "global" else ""
@@ -81,8 +78,8 @@ class DenseMultiMixMethod(MultiMixMethod):
     r times more bytes than pooled embeddings.
     """
 
-    _mix_class = DenseMultiMix
-    _mix_extra_keys = ("attention", "attention_grad", "position_weighting", "pooled_weight")
+    mix_class = DenseMultiMix
+    uses_dense_features = True
 
     def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
         targets = self.targets(model, x, y, dense=True)

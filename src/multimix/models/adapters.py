@@ -57,28 +57,33 @@ class TimmModel(MixableClassifier):
         if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
             raise ValueError("the timm model has no classifier; create it with num_classes > 0")
         super().__init__([_TimmFeatures(model)], head)
-        self._tokens = None  # layout of forward_features, found on first use
 
-    def _layout(self, features: Tensor) -> str:
-        fmt = str(getattr(self.stages[0].model, "output_fmt", "NCHW"))
+    def _native_layout(self, features: Tensor) -> str:
+        """timm's layout of these features: tokens (NLC) when 3-D, else NHWC or NCHW by ``output_fmt``.
+
+        Read from the tensor and the model, never stored, so ``pool`` does not depend on the last ``encode``
+        (the contract's layouts (m, d, L) and (m, d, H, W) have the same number of dimensions as timm's).
+        """
         if features.dim() == 3:
             return "NLC"
+        fmt = str(getattr(self.stages[0].model, "output_fmt", "NCHW"))
         return "NHWC" if fmt.endswith("NHWC") else "NCHW"
 
     def encode(self, x: Tensor, start: int = 0, end=None) -> Tensor:
         features = super().encode(x, start, end)
         if start == 0 and (end is None or end >= 1):
-            self._tokens = self._layout(features)
-            if self._tokens == "NLC":
+            layout = self._native_layout(features)
+            if layout == "NLC":
                 return features.transpose(1, 2)
-            if self._tokens == "NHWC":
+            if layout == "NHWC":
                 return features.permute(0, 3, 1, 2)
         return features
 
     def pool(self, features: Tensor) -> Tensor:
-        if self._tokens == "NLC":
+        layout = self._native_layout(features)
+        if layout == "NLC":
             features = features.transpose(1, 2)
-        elif self._tokens == "NHWC":
+        elif layout == "NHWC":
             features = features.permute(0, 2, 3, 1)
         return self.stages[0].model.forward_head(features, pre_logits=True)
 

@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from .methods import create_method
-from .metrics import new_figure, save_figure
-from .models import build_model
+from ..evaluation.plots import new_figure, save_figure
+from ..methods import create_method
+from ..models import build_model
 
 __all__ = ["measure_speed", "plot_speed"]
 
@@ -44,8 +44,9 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
     ``max_mixup_seconds`` (estimated from the measured one-pass time), mixup's
     time is extrapolated from that single pass and marked as such.
     """
-    torch.manual_seed(seed)
-    model = build_model(model_name, num_classes=num_classes, input_shape=input_shape, width=width).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = build_model(model_name, num_classes=num_classes, input_shape=input_shape, width=width).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *input_shape, generator=g).to(device)

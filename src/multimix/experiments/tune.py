@@ -17,72 +17,23 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bench import BenchEntry
-from .metrics import new_figure, save_figure
-from .train import TrainConfig, train
+from ..engine import Trainer, TrainConfig
+from ..evaluation.plots import matplotlib_available, new_figure, save_figure
+from .entries import BenchEntry, TuneSpec, load_grid
 
 __all__ = ["TuneSpec", "DEFAULT_GRID", "GRID_SIZE", "TUNING_SEED_OFFSET", "tune", "candidate_name"]
-
-Candidate = Tuple[Dict[str, Any], Optional[Dict[str, float]]]
 
 GRID_SIZE = 5  # candidates per tunable method
 TUNING_SEED_OFFSET = 1000  # tuning seeds are 1000, 1001, ...: never the seeds of the final comparison
 
-
-@dataclass
-class TuneSpec:
-    """One method to tune: its label, method name, whether it is ours, and its candidates."""
-
-    label: str
-    method: str
-    ours: bool
-    candidates: List[Candidate]
-    inherit: Optional[str] = None  # label whose tuned method_args each candidate starts from
-    fixed: Dict[str, Any] = field(default_factory=dict)  # method_args common to every candidate
-
-
-def _alphas(values: Sequence[float], **fixed) -> List[Candidate]:
-    return [({**fixed, "alpha": a}, None) for a in values]
-
-
-_DISTILL = {"momentum": 0.99, "temperature": 1.0, "weight": 0.5, "warmup_steps": 200}
-_PAIRWISE_ALPHAS = (0.1, 0.2, 0.5, 1.0, 2.0)
-
-# The same five candidates of α for every pairwise baseline; five for each of ours.
-DEFAULT_GRID: List[TuneSpec] = [
-    TuneSpec("ERM", "erm", False, [({}, None)]),
-    TuneSpec("input mixup", "mixup", False, _alphas(_PAIRWISE_ALPHAS)),
-    TuneSpec("CutMix", "cutmix", False, _alphas(_PAIRWISE_ALPHAS)),
-    TuneSpec("manifold mixup", "manifold_mixup", False, _alphas(_PAIRWISE_ALPHAS, layers=[0, 1, 2, 3, 4])),
-    TuneSpec("MixupE", "mixupe", False, _alphas(_PAIRWISE_ALPHAS)),
-    TuneSpec("MultiMix", "multimix", True, [
-        ({"n": 1000, "concentration": 0.5}, None),
-        ({"n": 1000, "concentration": 1.0}, None),
-        ({"n": 1000, "concentration": 2.0}, None),
-        ({"n": 1000, "concentration": 1.0, "clean_weight": 1.0}, None),
-        ({"n": 1000, "alpha": 1.0, "tuple_size": 2}, None),
-    ]),
-    TuneSpec("Dense MultiMix", "dense_multimix", True, fixed={"pooled_weight": 0.0}, candidates=[
-        ({"n": 1000, "concentration": 0.5, "attention": "self"}, None),
-        ({"n": 1000, "concentration": 1.0, "attention": "self"}, None),
-        ({"n": 1000, "concentration": 2.0, "attention": "self"}, None),
-        ({"n": 1000, "concentration": 1.0, "attention": "uniform"}, None),
-        ({"n": 1000, "concentration": 1.0, "attention": "self", "clean_weight": 1.0}, None),
-    ]),
-    TuneSpec("MultiMix + self-distillation", "multimix", True, [
-        ({}, {**_DISTILL, "weight": 0.2}),
-        ({}, {**_DISTILL, "weight": 0.5}),
-        ({}, {**_DISTILL, "weight": 0.2, "temperature": 2.0}),
-        ({}, {**_DISTILL, "weight": 0.5, "momentum": 0.999}),
-        ({}, {**_DISTILL, "weight": 0.2, "warmup_steps": 1000}),
-    ], inherit="MultiMix"),
-]
+# The same five candidates of α for every pairwise baseline; five for each of ours (configs/bench/grid.yaml).
+DEFAULT_GRID: List[TuneSpec] = load_grid()
 
 
 _DISTILL_SYMBOLS = {"momentum": "μ", "temperature": "T", "weight": "weight", "warmup_steps": "warm-up"}
@@ -129,7 +80,7 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
                 config = replace(base, method=spec.method, method_args=dict(args), distill=distill, seed=seed,
                                  out_dir=str(out_dir / "tuning-runs" / f"{spec.method}-{index}-{seed}"),
                                  checkpoint=False, progress=False).validate()
-                accuracies.append(train(config)["final"]["val_accuracy"])
+                accuracies.append(Trainer(config).run()["final"]["val_accuracy"])
             record = {"label": spec.label, "method": spec.method, "ours": spec.ours, "candidate": index,
                       "name": candidate_name(own_args, distill), "method_args": args, "distill": distill,
                       "val_accuracies": accuracies, "val_mean": float(np.mean(accuracies)),
@@ -141,7 +92,7 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
                 best = record
         best["chosen"] = True
         chosen_args[spec.label] = best["method_args"]
-        entries.append((spec.label, spec.method, best["method_args"], best["distill"], spec.ours))
+        entries.append(BenchEntry(spec.label, spec.method, best["method_args"], best["distill"], spec.ours))
     result = {"records": records, "seeds": [TUNING_SEED_OFFSET + s for s in range(seeds)],
               "setting": {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")},
               "wall_time_s": time.perf_counter() - start}
@@ -170,7 +121,8 @@ def write_tuning(result: Dict[str, Any], out_dir: Path) -> None:
             for seed, acc in zip(result["seeds"], r["val_accuracies"]):
                 writer.writerow([r["label"], r["name"], seed, f"{acc:.4f}", bool(r.get("chosen"))])
     (out_dir / "tuning.json").write_text(json.dumps(result, indent=2, default=str))
-    plot_tuning(result, out_dir / "tuning.png")
+    if matplotlib_available():
+        plot_tuning(result, out_dir / "tuning.png")
 
 
 def plot_tuning(result: Dict[str, Any], path: Path) -> None:
@@ -178,10 +130,7 @@ def plot_tuning(result: Dict[str, Any], path: Path) -> None:
     labels = list(dict.fromkeys(r["label"] for r in result["records"]))
     cols = 2
     rows = -(-len(labels) // cols)
-    try:
-        fig = new_figure(figsize=(11, 1.9 * rows + 0.6))
-    except ImportError:  # plots are optional
-        return
+    fig = new_figure(figsize=(11, 1.9 * rows + 0.6))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, label in zip(axes.flat, labels):
         records = [r for r in result["records"] if r["label"] == label]

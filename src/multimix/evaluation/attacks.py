@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_generator, check_non_negative, check_positive, check_positive_int
+
 __all__ = ["Normalize", "fgsm", "pgd", "error_under_attack"]
 
 Clamp = Optional[Tuple[float, float]]
@@ -98,18 +100,8 @@ class Normalize(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# argument checks (raise before any work is done)
+# argument checks (raise before any work is done; scalar checks come from multimix.checks)
 # ---------------------------------------------------------------------------
-
-
-def _check_number(value, name: str, *, positive: bool) -> float:
-    kind = "a positive" if positive else "a non-negative"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be {kind} finite number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {kind} finite number, got {value!r}")
-    return value
 
 
 def _check_clamp(clamp) -> Clamp:
@@ -209,7 +201,7 @@ def fgsm(
         (m, *input_shape) adversarial inputs, detached, same dtype/device as
         ``x``, with ‖x_adv − x‖_∞ ≤ eps.
     """
-    eps = _check_number(eps, "eps", positive=False)
+    eps = check_non_negative(eps, "eps")
     clamp = _check_clamp(clamp)
     _check_inputs(model, x, y, clamp, normalize)
     x = x.detach()
@@ -261,16 +253,12 @@ def pgd(
         (m, *input_shape) adversarial inputs, detached, same dtype/device as
         ``x``, inside the eps-ball and the clamp range.
     """
-    eps = _check_number(eps, "eps", positive=False)
-    step_size = _check_number(step_size, "step_size", positive=True)
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an integer >= 1, got {steps!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    eps = check_non_negative(eps, "eps")
+    step_size = check_positive(step_size, "step_size")
+    steps = check_positive_int(steps, "steps")
     if not isinstance(random_start, bool):
         raise TypeError(f"random_start must be a bool, got {random_start!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
     clamp = _check_clamp(clamp)
     _check_inputs(model, x, y, clamp, normalize)
 

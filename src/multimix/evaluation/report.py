@@ -1,64 +1,41 @@
-"""Evaluation of a trained classifier: accuracy, calibration, robustness, OOD detection, embeddings.
+"""The evaluation report of a trained classifier: predictions, robustness, calibration, OOD detection, embeddings.
 
 All functions put the model in eval mode for their duration and restore its
 mode afterwards. Attacks run on the full pipeline: inputs are mapped back to
 pixel space with the data set's normalisation (``Splits.mean``/``std``),
 perturbed there, and normalised again inside the attacked function.
+
+The trainer's own accuracy/loss evaluation is
+:func:`multimix.engine.evaluate.evaluate`; this module adds the wider suite
+on top of its eval-mode and batching helpers.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
-from . import attacks, metrics
+from ..engine.evaluate import batches, eval_mode
+from . import attacks
+from .calibration import expected_calibration_error
+from .geometry import alignment, class_distance_ratio, uniformity
+from .ood import auroc, energy_score, fpr_at_tpr, msp_score
 
-__all__ = ["evaluate", "predict", "default_epsilon", "robustness", "ood_detection", "embedding_metrics", "report"]
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+__all__ = ["predict", "default_epsilon", "robustness", "ood_detection", "embedding_metrics", "report"]
 
 
 def _first(dataset: Dataset, limit: Optional[int]) -> Dataset:
     return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
 
 
-def _batches(dataset: Dataset, batch_size: int, device, num_workers: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 512, device="cpu",
-             num_workers: int = 0) -> Dict[str, float]:
-    """Top-1 accuracy (%) and mean cross-entropy over ``dataset``."""
-    correct, loss, count = 0, 0.0, 0
-    with _eval_mode(model):
-        for x, y in _batches(dataset, batch_size, device, num_workers):
-            logits = model(x).float()
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            count += y.numel()
-    return {"accuracy": 100.0 * correct / count, "loss": loss / count}
-
-
 @torch.no_grad()
 def predict(model, dataset: Dataset, *, batch_size: int = 512, device="cpu", limit: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Logits (N, c), pooled embeddings (N, d) and labels (N,) of the first ``limit`` examples."""
     logits, embeddings, labels = [], [], []
-    with _eval_mode(model):
-        for x, y in _batches(_first(dataset, limit), batch_size, device):
+    with eval_mode(model):
+        for x, y in batches(_first(dataset, limit), batch_size, device):
             z = model.pool(model.encode(x))
             embeddings.append(z.float().cpu())
             logits.append(model.head(z).float().cpu())
@@ -91,12 +68,12 @@ def robustness(model, splits, *, eps: Optional[float] = None, pgd_steps: int = 1
         to_pixels, clamp = normalize.inverse, (0.0, 1.0)
     else:
         normalize, to_pixels, clamp = None, (lambda x: x), None
-    pixel_batches = [(to_pixels(x), y) for x, y in _batches(_first(splits.test, limit), batch_size, device)]
+    pixel_batches = [(to_pixels(x), y) for x, y in batches(_first(splits.test, limit), batch_size, device)]
     generator = torch.Generator(device=device).manual_seed(seed)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         wrong = sum((model(x if normalize is None else normalize(x)).argmax(1) != y).sum().item() for x, y in pixel_batches)
     clean = 100.0 * wrong / sum(len(y) for _, y in pixel_batches)
-    with _eval_mode(model):
+    with eval_mode(model):
         fgsm = attacks.error_under_attack(model, pixel_batches, attacks.fgsm, eps=eps, normalize=normalize, clamp=clamp)
         pgd = attacks.error_under_attack(model, pixel_batches, attacks.pgd, eps=eps, step_size=step, steps=pgd_steps,
                                          normalize=normalize, clamp=clamp, generator=generator)
@@ -106,19 +83,20 @@ def robustness(model, splits, *, eps: Optional[float] = None, pgd_steps: int = 1
 def ood_detection(in_logits: torch.Tensor, out_logits: torch.Tensor) -> Dict[str, float]:
     """AUROC (%) and FPR at 95% TPR (%) of the MSP and energy scores (in-distribution = positive)."""
     result = {}
-    for name, score in (("msp", metrics.msp_score), ("energy", metrics.energy_score)):
+    for name, score in (("msp", msp_score), ("energy", energy_score)):
         s_in, s_out = score(in_logits), score(out_logits)
-        result[f"{name}_auroc"] = 100.0 * metrics.auroc(s_in, s_out)
-        result[f"{name}_fpr95"] = 100.0 * metrics.fpr_at_tpr(s_in, s_out, 0.95)
+        result[f"{name}_auroc"] = 100.0 * auroc(s_in, s_out)
+        result[f"{name}_fpr95"] = 100.0 * fpr_at_tpr(s_in, s_out, 0.95)
     return result
 
 
 def embedding_metrics(embeddings: torch.Tensor, labels: torch.Tensor, *, max_points: int = 4096, seed: int = 0) -> Dict[str, float]:
     """Alignment, uniformity (Wang & Isola, 2020) and intra/inter-class distance ratio of ℓ2-normalised embeddings."""
+    # one generator for the three metrics, in this order: each draws its own subset from where the last left off
     g = torch.Generator().manual_seed(seed)
-    return {"alignment": metrics.alignment(embeddings, labels, max_points=max_points, generator=g),
-            "uniformity": metrics.uniformity(embeddings, max_points=max_points, generator=g),
-            "class_distance_ratio": metrics.class_distance_ratio(embeddings, labels, max_points=max_points, generator=g)}
+    return {"alignment": alignment(embeddings, labels, max_points=max_points, generator=g),
+            "uniformity": uniformity(embeddings, max_points=max_points, generator=g),
+            "class_distance_ratio": class_distance_ratio(embeddings, labels, max_points=max_points, generator=g)}
 
 
 def report(model, splits, *, ood: Optional[Dataset] = None, eps: Optional[float] = None, pgd_steps: int = 10,
@@ -128,13 +106,14 @@ def report(model, splits, *, ood: Optional[Dataset] = None, eps: Optional[float]
     Returns a flat dict of numbers plus ``_predictions`` (test logits,
     embeddings, labels) for plots.
     """
-    from .data import ShuffledPositions
+    # imported here: multimix.data pulls in the data-set loaders, which only the default OOD set needs
+    from ..data import ShuffledPositions
 
     test = predict(model, splits.test, device=device)
     probs = torch.softmax(test["logits"], dim=1)
     out: Dict[str, Any] = {
         "accuracy": 100.0 * (test["logits"].argmax(1) == test["labels"]).float().mean().item(),
-        "ece": 100.0 * metrics.expected_calibration_error(probs, test["labels"], n_bins=15),
+        "ece": 100.0 * expected_calibration_error(probs, test["labels"], n_bins=15),
     }
     out.update(robustness(model, splits, eps=eps, pgd_steps=pgd_steps, limit=attack_limit, device=device, seed=seed))
     ood_set = ood if ood is not None else ShuffledPositions(splits.test, seed=seed)

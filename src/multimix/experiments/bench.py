@@ -15,74 +15,27 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from .evaluation import report
-from .methods import SelfDistillation
-from .metrics import new_figure, plot_embeddings, save_figure
-from .train import TrainConfig, train
+from ..engine import Trainer, TrainConfig
+from ..evaluation.plots import matplotlib_available, new_figure, plot_embeddings, save_figure
+from ..evaluation.report import report
+from .entries import BenchEntry, load_entries
+from .stats import paired_comparison
 
-__all__ = ["BenchEntry", "DEFAULT_ENTRIES", "run_bench", "paired_comparison"]
+__all__ = ["BenchEntry", "DEFAULT_ENTRIES", "DEFAULT_CONFIG", "run_bench", "summarise", "markdown_table",
+           "evaluation_table", "write_results"]
 
-# (label, method, method_args, distill, ours?)
-BenchEntry = Tuple[str, str, Dict[str, Any], Optional[Dict[str, float]], bool]
-
-DISTILL = dict(SelfDistillation.DEFAULTS)  # μ 0.99, T 2, weight 0.2, 200 warm-up steps: tuned
-MULTIMIX = {"n": 1000, "concentration": 1.0, "clean_weight": 1.0}
-
-# Each method's settings as selected on MNIST-1D's validation split by `multimix bench --tune`
-# (docs/results.md): five candidates per method, two tuning seeds, the test split unused.
-DEFAULT_ENTRIES: List[BenchEntry] = [
-    ("ERM", "erm", {}, None, False),
-    ("input mixup", "mixup", {"alpha": 0.2}, None, False),
-    ("CutMix", "cutmix", {"alpha": 0.1}, None, False),
-    ("manifold mixup", "manifold_mixup", {"alpha": 0.2, "layers": [0, 1, 2, 3, 4]}, None, False),
-    ("MixupE", "mixupe", {"alpha": 0.1}, None, False),
-    ("MultiMix", "multimix", MULTIMIX, None, True),
-    ("Dense MultiMix", "dense_multimix", {"n": 1000, "concentration": 0.5, "attention": "self", "pooled_weight": 0.0},
-     None, True),
-    # Selected after the grid, on the validation split (benchmarks/dense_diagnosis.py): the dense loss plus a MultiMix
-    # loss on the pooled embeddings. Its budget was the grid's five candidates plus two probes.
-    ("Dense MultiMix + pooled loss", "dense_multimix",
-     {"n": 1000, "concentration": 0.5, "attention": "self", "pooled_weight": 3.0}, None, True),
-    ("MultiMix + self-distillation", "multimix", MULTIMIX, DISTILL, True),
-]
+# Each method's settings as selected on MNIST-1D's validation split (configs/bench/entries.yaml).
+DEFAULT_ENTRIES: List[BenchEntry] = load_entries()
 
 # MNIST-1D with few training examples (headroom: ERM ≈ 96.5%), a 5,000-example validation split generated
 # beside them (used by --tune only) and a test set large enough to resolve a few tenths of a point.
 DEFAULT_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", width=32, num_train=2000, val_size=5000,
                              num_test=10000, epochs=30, eval_every=30, batch_size=128, lr=0.1, schedule="cosine",
                              progress=False, checkpoint=False)
-
-
-def _t_quantile(p: float, dof: int) -> float:
-    try:
-        from scipy import stats
-        return float(stats.t.ppf(p, dof))
-    except ImportError:  # normal approximation
-        return 1.959963984540054 if p == 0.975 else float("nan")
-
-
-def paired_comparison(ours: Sequence[float], baseline: Sequence[float]) -> Dict[str, float]:
-    """Mean paired difference, its 95% t-interval and the two-sided paired t-test p-value."""
-    diff = np.asarray(ours, dtype=float) - np.asarray(baseline, dtype=float)
-    k = len(diff)
-    mean = float(diff.mean())
-    if k < 2:
-        return {"mean": mean, "low": float("nan"), "high": float("nan"), "p": float("nan")}
-    se = float(diff.std(ddof=1)) / math.sqrt(k)
-    half = _t_quantile(0.975, k - 1) * se
-    if se == 0:
-        p = 0.0 if mean != 0 else 1.0
-    else:
-        try:
-            from scipy import stats
-            p = float(stats.ttest_rel(ours, baseline).pvalue)
-        except ImportError:
-            p = float("nan")
-    return {"mean": mean, "low": mean - half, "high": mean + half, "p": p}
 
 
 # Evaluation columns reported per method (mean over seeds): name -> (header, lower is better?)
@@ -110,18 +63,21 @@ def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Se
         raise ValueError(f"first_seed must be >= 0, got {first_seed}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not matplotlib_available():
+        log("matplotlib is not installed: the tables will be written, the plots skipped (pip install matplotlib)")
     runs: List[Dict[str, Any]] = []
     embeddings: Dict[str, Any] = {}
     start = time.perf_counter()
-    for label, method, args, distill, ours in entries:
+    for entry in entries:
+        label, method, args, distill, ours = entry.label, entry.method, entry.method_args, entry.distill, entry.ours
         for seed in range(first_seed, first_seed + seeds):
             config = replace(base, method=method, method_args=dict(args), distill=distill, seed=seed,
                              out_dir=str(out_dir / "runs" / f"{method}-{seed}"), checkpoint=False, progress=False)
             t0 = time.perf_counter()
-            summary = train(config)
-            final = summary["final"]
-            extra = report(summary["model"], summary["splits"], pgd_steps=pgd_steps, attack_limit=attack_limit,
-                           device=next(summary["model"].parameters()).device, seed=seed)
+            trainer = Trainer(config)
+            final = trainer.run()["final"]
+            extra = report(trainer.model, trainer.splits, pgd_steps=pgd_steps, attack_limit=attack_limit,
+                           device=trainer.device, seed=seed)
             predictions = extra.pop("_predictions")
             if seed == first_seed:
                 embeddings[label] = (predictions["embeddings"][:2000], predictions["labels"][:2000])
@@ -137,7 +93,8 @@ def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Se
     results["seeds"] = seeds
     results["wall_time_s"] = time.perf_counter() - start
     write_results(results, out_dir)
-    plot_embeddings(embeddings, out_dir / "embeddings.png", method="pca",
+    if matplotlib_available():
+        plot_embeddings(embeddings, out_dir / "embeddings.png", method="pca",
                     title=f"test embeddings (seed {first_seed}), 2-D PCA, coloured by class")
     return results
 
@@ -208,15 +165,13 @@ def write_results(results: Dict[str, Any], out_dir: Path) -> None:
             writer.writerow([r["label"], r["ours"], r["seed"], f"{r['test_accuracy']:.4f}", f"{r['time_s']:.2f}",
                              *(f"{r[k]:.5g}" for k in extra)])
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    plot_results(results, out_dir / "results.png")
+    if matplotlib_available():
+        plot_results(results, out_dir / "results.png")
 
 
 def plot_results(results: Dict[str, Any], path: Path) -> None:
     rows = results["rows"]
-    try:
-        fig = new_figure(figsize=(8, 0.5 * len(rows) + 1.5))
-    except ImportError:  # plots are optional
-        return
+    fig = new_figure(figsize=(8, 0.5 * len(rows) + 1.5))
     ax = fig.subplots()
     for i, row in enumerate(rows):
         color = "tab:red" if row["ours"] else "tab:blue"

@@ -1,0 +1,46 @@
+"""Data sets: MNIST-1D (generated locally), CIFAR-10/100 (torchvision), any ImageFolder tree.
+
+Every loader returns a :class:`Splits` of ``train``, ``val`` (held out from the
+training set, for choosing hyper-parameters) and ``test`` data sets, plus the
+input shape and the number of classes. Nothing here downloads unless asked
+(``download=True`` for CIFAR).
+
+One module per data family (:mod:`.mnist1d`, :mod:`.images`), the shared
+:class:`Splits` and helpers in :mod:`.splits`, out-of-distribution sets in
+:mod:`.ood`. :func:`load_dataset` dispatches by name through ``_LOADERS``: to
+add a family, write its module with a loader that takes the data-set name and
+:func:`load_dataset`'s keyword arguments (ignoring those it does not use) and
+add one entry to ``_LOADERS``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+from .images import cifar, image_folder, load_cifar, load_image_folder
+from .mnist1d import load_mnist1d, mnist1d
+from .ood import ShuffledPositions
+from .splits import Splits, default_cache_dir
+
+__all__ = ["Splits", "DATASETS", "load_dataset", "mnist1d", "cifar", "image_folder", "default_cache_dir",
+           "ShuffledPositions"]
+
+# name -> loader(name, *, data_dir, num_train, num_test, num_val, download, augment, image_size, seed)
+_LOADERS: Dict[str, Callable[..., Splits]] = {
+    "mnist1d": load_mnist1d,
+    "cifar10": load_cifar,
+    "cifar100": load_cifar,
+    "imagefolder": load_image_folder,
+}
+
+DATASETS = tuple(_LOADERS)
+
+
+def load_dataset(name: str, *, data_dir: Optional[str] = None, num_train: Optional[int] = None,
+                 num_test: Optional[int] = None, num_val: int = 0, download: bool = False, augment: bool = True,
+                 image_size: int = 32, seed: int = 0) -> Splits:
+    """Load a data set by name (see ``DATASETS``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    return _LOADERS[name](name, data_dir=data_dir, num_train=num_train, num_test=num_test, num_val=num_val,
+                          download=download, augment=augment, image_size=image_size, seed=seed)

@@ -1,0 +1,183 @@
+"""The run's configuration: :class:`TrainConfig`, typed and checked before any data loads, and YAML recipes.
+
+Every field is declared once here with its type and default; the command
+line's trainer flags and the YAML recipes derive from these declarations, and
+a method's ``method_args`` / the ``distill`` mapping are checked against the
+settings read from the method constructors (:mod:`multimix.methods.settings`).
+A wrong key or type fails in :meth:`TrainConfig.validate`, naming the key, the
+expected type and the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, get_args
+
+from ..checks import check_type
+from ..data import DATASETS
+from ..methods import METHODS, distill_settings, method_settings, methods_taking
+from ..methods.settings import check_settings
+from ..models import check_model_name
+
+__all__ = ["TrainConfig", "SCHEDULES", "CONFIG_DIR", "bundled_configs", "load_recipe", "config_fields"]
+
+Schedule = Literal["cosine", "step", "constant"]
+SCHEDULES = get_args(Schedule)
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _field(default: Any, group: str, help: str) -> Any:
+    """A config field with its command-line group and help (``default`` may be a factory for lists and dicts)."""
+    metadata = {"group": group, "help": help}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as ``config.json`` in the output directory."""
+
+    # data
+    dataset: str = _field("mnist1d", "data", f"one of {', '.join(DATASETS)}")
+    data_dir: Optional[str] = _field(None, "data", "data root (ImageFolder tree with train/ and test/, or CIFAR root)")
+    download: bool = _field(False, "data", "let torchvision download CIFAR")
+    num_train: Optional[int] = _field(None, "data", "training subset size (default: all, 4000 for MNIST-1D)")
+    num_test: Optional[int] = _field(None, "data", "test subset size")
+    val_size: int = _field(0, "data", "examples held out from train for validation")
+    image_size: int = _field(32, "data", "side of the (square) input images")
+    augment: bool = _field(True, "data", "random crop and flip for image training data")
+    # model and method
+    model: str = _field("cnn1d", "model and method",
+                        "cnn1d, preact_resnet18, preact_resnet_small, resnet18..resnet152, timm:<name>")
+    width: Optional[int] = _field(None, "model and method", "channels of cnn1d / first-group width of PreActResNets")
+    method: str = _field("erm", "model and method", f"one of {', '.join(METHODS)}")
+    method_args: Dict[str, Any] = _field(dict, "model and method", "the method's settings (see the method flags)")
+    distill: Optional[Dict[str, Any]] = _field(None, "model and method",
+                                               "SelfDistillation's settings; None: no self-distillation")
+    # optimisation (SGD with momentum, as in the papers)
+    epochs: int = _field(20, "optimisation", "epochs of the schedule")
+    batch_size: int = _field(128, "optimisation", "examples per step and process (global batch: × processes)")
+    lr: float = _field(0.1, "optimisation", "peak learning rate")
+    momentum: float = _field(0.9, "optimisation", "SGD momentum")
+    nesterov: bool = _field(True, "optimisation", "Nesterov momentum")
+    weight_decay: float = _field(5e-4, "optimisation", "L2 weight decay")
+    schedule: Schedule = _field("cosine", "optimisation", "learning-rate schedule")
+    milestones: List[float] = _field(lambda: [0.5, 0.75], "optimisation", "fractions of the run where 'step' decays")
+    gamma: float = _field(0.1, "optimisation", "decay factor of the 'step' schedule")
+    # machinery
+    seed: int = _field(0, "machinery", "fixes the initial weights, the data order and the method's draws")
+    device: str = _field("auto", "machinery", "auto, cpu, cuda, cuda:1, ...")
+    amp: bool = _field(True, "machinery", "bfloat16 autocast (CUDA only)")
+    compile: bool = _field(False, "machinery", "torch.compile the model")
+    workers: int = _field(0, "machinery", "data-loader worker processes")
+    out_dir: str = _field("runs/train", "machinery", "where checkpoints, metrics and the summary go")
+    resume: bool = _field(False, "machinery", "continue from OUT_DIR/last.pt")
+    stop_after_epochs: Optional[int] = _field(None, "machinery", "end this invocation after this many epochs (the "
+                                              "schedule still spans --epochs); continue with --resume")
+    checkpoint: bool = _field(True, "machinery", "write last.pt, metrics and the summary to OUT_DIR")
+    progress: bool = _field(True, "machinery", "progress bar and per-epoch lines")
+    eval_every: int = _field(1, "machinery", "evaluate every this many epochs (and after the last)")
+    dist_timeout: float = _field(600.0, "several processes",
+                                 "seconds a process waits for the others before the job fails")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """A checked config from a mapping (a YAML recipe, ``config.json``); unknown keys name the valid ones."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"{source} must be a mapping of TrainConfig fields, got {type(data).__name__}")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"{source} has unknown keys {unknown}; valid keys: {', '.join(valid)}")
+        return cls(**data).validate(source)
+
+    def validate(self, source: str = "config") -> "TrainConfig":
+        """Check every field's type and value, and the method's and distillation's settings; returns self."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            check_type(getattr(self, f.name), hints[f.name], f"{source}: {f.name}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(DATASETS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        check_model_name(self.model)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
+        for name in ("epochs", "batch_size", "eval_every", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_train", "num_test", "width", "stop_after_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or left unset), got {getattr(self, name)}")
+        for name in ("val_size", "workers", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("momentum", "weight_decay", "gamma"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
+        check_settings(self.method_args, method_settings(self.method), f"{source}: method_args of {self.method!r}",
+                       owner_of=methods_taking)
+        if self.distill is not None:
+            check_settings(self.distill, distill_settings(), f"{source}: distill")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_fields() -> Dict[str, dataclasses.Field]:
+    """The fields of :class:`TrainConfig` by name."""
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def bundled_configs() -> List[str]:
+    """Names of the YAML recipes shipped with the package."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; a syntax error or a non-UTF-8 file is a ``ValueError`` naming the file."""
+    try:
+        import yaml
+    except ImportError as err:
+        raise ImportError("YAML configs need PyYAML: pip install pyyaml") from err
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config {path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"config {path} is not valid YAML{line}: {getattr(err, 'problem', None) or err}") from err
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe's file: ``name_or_path`` itself, or the bundled recipe of that name."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a bundled recipe; "
+                                f"bundled: {', '.join(bundled_configs())}")
+    return path
+
+
+def load_recipe(name_or_path: str) -> Dict[str, Any]:
+    """A YAML recipe (bundled name, see ``multimix configs``, or path) as a checked mapping of TrainConfig fields.
+
+    Unknown keys, values of the wrong type and method settings the method does
+    not take fail here, before any data is loaded.
+    """
+    path = recipe_path(name_or_path)
+    data = read_yaml(path) or {}
+    TrainConfig.from_dict(data, source=f"config {path}")
+    return dict(data)

@@ -1,0 +1,416 @@
+"""The trainer: ``Trainer(config).run()`` (or ``train(config)``), readable top to bottom.
+
+    run()  =  set_up()  ->  resume()  ->  for each epoch: train_epoch() -> evaluate() -> save()  ->  summary
+
+Every epoch starts from random states derived from (seed, epoch, rank), and a
+checkpoint (model, optimiser, scheduler, EMA teacher) is written atomically
+after every epoch, so ``resume=True`` continues to exactly the same result on
+the CPU as an uninterrupted run. The run owns torch's global RNG only inside
+:meth:`Trainer.run` (``torch.random.fork_rng``): the caller's RNG state is the
+same afterwards. Ctrl-C keeps the last epoch's checkpoint, saves the
+interrupted weights beside it and returns a summary marked interrupted; a
+non-finite loss stops the run with :class:`NonFiniteLossError` and leaves the
+last good checkpoint as it was.
+
+Under ``torchrun`` the same code runs in every process (one per GPU); what
+differs is gathered in :class:`Processes` and :mod:`multimix.engine.distributed`:
+DistributedDataParallel, a DistributedSampler, per-rank random streams, metrics
+averaged over ranks, files written by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .. import distributed as D
+from ..data import Splits, load_dataset
+from ..methods import Method, SelfDistillation, create_method
+from ..models import build_model
+from . import distributed as ED
+from .checkpoint import CheckpointError, load_checkpoint, load_into, save_atomic, write_json_atomic
+from .config import TrainConfig
+from .evaluate import evaluate_sharded
+from .logging import MetricsLogger, ProgressBar, format_row
+
+__all__ = ["Trainer", "train", "NonFiniteLossError", "Processes", "resolve_device", "build_data_and_model",
+           "load_trained", "epoch_seed", "run_in_processes"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU) or a torch device string; a clear error for the others."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of every random draw of one epoch of one process (rank 0: the single-process stream)."""
+    base = (seed * 1_000_003 + epoch * 7919 + 1) % (2**63 - 1)
+    return (base + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
+def build_data_and_model(config: TrainConfig, device) -> Tuple[Splits, torch.nn.Module]:
+    """The run's data splits and its freshly initialised model (weights fixed by ``config.seed``).
+
+    The initialisation draws from a forked global RNG: the caller's state is untouched.
+    """
+    splits = load_dataset(config.dataset, data_dir=config.data_dir, num_train=config.num_train,
+                          num_test=config.num_test, num_val=config.val_size, download=config.download,
+                          augment=config.augment, image_size=config.image_size, seed=config.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, num_classes=splits.num_classes, input_shape=splits.input_shape,
+                            width=config.width)
+    return splits, model.to(device)
+
+
+def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Splits, torch.nn.Module]:
+    """(config, splits, model with the checkpoint's weights) from a checkpoint written by the trainer.
+
+    ``overrides`` replace config fields (e.g. ``data_dir`` when the data moved).
+    """
+    state = load_checkpoint(path)
+    if "config" not in state:
+        raise CheckpointError(f"checkpoint {path} carries no run configuration (an interrupted.pt?); use last.pt")
+    saved = dict(state["config"])
+    # Checkpoints of multimix <= 0.1 kept the mixing scope beside the method's settings.
+    scope = saved.pop("mix_scope", "local")
+    if scope != "local":
+        saved["method_args"] = {**saved.get("method_args", {}), "mix_scope": scope}
+    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in saved.items() if k in valid})
+    config = dataclasses.replace(config, **overrides).validate()
+    splits, model = build_data_and_model(config, resolve_device(device) if isinstance(device, str) else device)
+    load_into(model, state["model"], "model", Path(path))
+    return config, splits, model
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands among the torchrun processes (W = 1, rank 0 for a plain run)."""
+
+    world: int
+    rank: int
+
+    @classmethod
+    def current(cls) -> "Processes":
+        return cls(D.world_size(), D.rank())
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1 or D.is_distributed()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+class Trainer:
+    """One model trained with one method, as :class:`TrainConfig` says.
+
+    After :meth:`run`, ``model``, ``splits`` and ``method`` hold the trained
+    model, the data and the method (for evaluation by the caller).
+    """
+
+    def __init__(self, config: TrainConfig, device: Optional[torch.device] = None):
+        self.config = config.validate()
+        self.device = device if device is not None else resolve_device(config.device)
+        self.out = Path(config.out_dir)
+        self.checkpoint_path = self.out / "last.pt"
+        self.procs = Processes.current()
+        self.history: List[Dict[str, Any]] = []
+        self.start_epoch = 0
+        self.communication: Optional[Dict[str, Any]] = None
+        self.prepared = False
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the output directory (rank 0 with checkpointing on)."""
+        return self.config.checkpoint and self.procs.main
+
+    # ------------------------------------------------------------------ set-up
+
+    def set_up(self) -> None:
+        """Data, model, method, optimiser and schedule; refuses to overwrite a finished run."""
+        config, device = self.config, self.device
+        if self.writes:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if config.checkpoint:
+            ED.run_on_main(self.check_fresh)  # rank 0 decides, every rank raises
+        self.splits, self.model = ED.main_first(lambda: build_data_and_model(config, device))  # rank 0 fills caches first
+        self.distill = SelfDistillation(self.model, **config.distill) if config.distill else None
+        self.generator = torch.Generator(device=device)
+        self.method: Method = create_method(config.method, num_classes=self.splits.num_classes,
+                                            generator=self.generator, distill=self.distill, **config.method_args)
+        world = self.procs.world
+        if len(self.splits.train) < config.batch_size * world:
+            across = f" × {world} processes" if self.procs.distributed else ""
+            raise ValueError(f"batch_size ({config.batch_size}{across}) is larger than the training set "
+                             f"({len(self.splits.train)})")
+        self.steps_per_epoch = (len(self.splits.train) // world) // config.batch_size
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         nesterov=config.nesterov and config.momentum > 0,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = self.make_scheduler(start_step=0)
+        self.use_amp = config.amp and device.type == "cuda"
+        if self.procs.distributed and getattr(self.method, "mix_scope", "local") == "global" and self.procs.main:
+            self.communication = self.measure_communication()
+            print(ED.format_communication(self.communication), flush=True)
+        if config.compile:
+            # Compile each piece in place: methods call encode/pool/head, not only forward.
+            for stage in self.model.stages:
+                stage.compile()
+            self.model.head.compile()
+
+    def check_fresh(self) -> None:
+        if not self.config.resume and self.checkpoint_path.exists():
+            raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run or choose "
+                                  "another --out-dir")
+
+    def make_scheduler(self, start_step: int):
+        """The learning-rate schedule over ``epochs × steps_per_epoch`` steps, advanced to ``start_step``."""
+        config, total = self.config, self.config.epochs * self.steps_per_epoch
+        if start_step:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group.get("initial_lr", config.lr)
+        if config.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
+        elif config.schedule == "step":
+            milestones = sorted(int(f * total) for f in config.milestones)
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=config.gamma)
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+            for _ in range(start_step):
+                scheduler.step()
+        return scheduler
+
+    def measure_communication(self) -> Dict[str, Any]:
+        """Bytes per step of global mixing against the gradient all-reduce, from this model's tensor sizes."""
+        model, splits = self.model, self.splits
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            features = model.encode(torch.zeros(1, *splits.input_shape, device=self.device))
+        model.train(was_training)
+        dense = self.method.uses_dense_features
+        return ED.mixing_communication(
+            batch_size=self.config.batch_size, world_size=self.procs.world, embed_dim=features.shape[1],
+            num_classes=splits.num_classes,
+            num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            positions=math.prod(features.shape[2:]) if dense else 1, dense_targets=dense and bool(self.config.distill),
+            element_bytes=features.element_size())
+
+    # ------------------------------------------------------------------ resume
+
+    def resume(self) -> None:
+        """Continue from ``last.pt``: weights, optimiser, schedule, EMA teacher and the metrics history."""
+        if not self.config.resume:
+            return
+        path = self.checkpoint_path
+        # Rank 0 reads the checkpoint and sends it to the others (no shared file system needed).
+        state = ED.run_on_main(lambda: load_checkpoint(path) if path.exists() else None)
+        if state is None:
+            return
+        load_into(self.model, state["model"], "model", path)
+        load_into(self.optimizer, state["optimizer"], "optimizer", path)
+        if state.get("steps_per_epoch", self.steps_per_epoch) == self.steps_per_epoch:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:  # saved by another number of processes: the same point of the schedule, in this run's steps
+            self.scheduler = self.make_scheduler(start_step=state["epoch"] * self.steps_per_epoch)
+        if self.distill is not None:
+            if state.get("teacher") is None:
+                raise CheckpointError(f"checkpoint {path} has no EMA teacher but this run uses self-distillation")
+            load_into(self.distill, state["teacher"], "EMA teacher", path)
+        self.start_epoch, self.history = state["epoch"], state.get("history", [])
+
+    # ------------------------------------------------------------------ one epoch
+
+    def loader(self, epoch: int) -> DataLoader:
+        """This epoch's shuffled batches: this process's shard under torchrun, the whole set otherwise."""
+        config, procs = self.config, self.procs
+        if procs.distributed:
+            sampler = DistributedSampler(self.splits.train, num_replicas=procs.world, rank=procs.rank, shuffle=True,
+                                         seed=config.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+            order = dict(sampler=sampler)
+        else:
+            order = dict(shuffle=True, generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 2))
+        return DataLoader(self.splits.train, batch_size=config.batch_size, drop_last=True,
+                          num_workers=config.workers, pin_memory=self.device.type == "cuda", **order)
+
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        """One pass over the training data; returns the epoch's row of metrics."""
+        config, procs, device = self.config, self.procs, self.device
+        # Every random draw of this epoch follows from (seed, epoch, rank): resuming reproduces it.
+        seed = epoch_seed(config.seed, epoch, procs.rank)
+        torch.manual_seed(seed)
+        self.generator.manual_seed(seed + 1)
+        loader = self.loader(epoch)
+        self.model.train()
+        bar = ProgressBar(len(loader), config.progress and procs.main, f"epoch {epoch + 1}/{config.epochs}")
+        start, loss_sum, seen = time.perf_counter(), 0.0, 0
+        try:
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                    loss = self.step_module(x, y) if procs.distributed else self.method(self.model, x, y)
+                # The mean over ranks: the same value (and the same decision to stop) on every rank.
+                logged = D.mean_across_ranks(loss.detach().float()) if procs.distributed else loss
+                if not torch.isfinite(logged):
+                    where = " on at least one process" if procs.distributed else ""
+                    kept = self.checkpoint_path if config.checkpoint else "none written"
+                    raise NonFiniteLossError(f"loss became {logged.item()}{where} at epoch {epoch + 1}; stopped. "
+                                             f"The last good checkpoint ({kept}) is kept. Try a lower --lr.")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.method.update(self.model)
+                loss_sum += logged.item() * x.shape[0]
+                seen += x.shape[0]
+                bar.step(loss=f"{loss_sum / seen:.4f}",
+                         ex_s=f"{procs.world * seen / (time.perf_counter() - start):.0f}")
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "lr": self.scheduler.get_last_lr()[0],
+                "epoch_time_s": elapsed, "examples_per_s": procs.world * seen / elapsed}
+
+    def evaluate(self, row: Dict[str, Any]) -> None:
+        """Add validation (if any) and test accuracy and loss to ``row``, on every ``eval_every``-th epoch."""
+        epoch = row["epoch"]
+        if epoch % self.config.eval_every and epoch != self.config.epochs:
+            return
+        D.broadcast_buffers(self.model)  # every rank evaluates rank 0's weights (batch-norm statistics differ)
+        if self.splits.val is not None:
+            row.update({f"val_{k}": v for k, v in evaluate_sharded(self.model, self.splits.val, self.device).items()})
+        row.update({f"test_{k}": v for k, v in evaluate_sharded(self.model, self.splits.test, self.device).items()})
+
+    def save(self, epoch: int) -> None:
+        """Write ``last.pt`` atomically (rank 0 only)."""
+        if not self.writes:
+            return
+        save_atomic({
+            "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "teacher": self.distill.state_dict() if self.distill else None,
+            "config": self.config.to_dict(), "history": self.history, "world_size": self.procs.world,
+            "steps_per_epoch": self.steps_per_epoch,
+        }, self.checkpoint_path)
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> Dict[str, Any]:
+        """Prepare (if not done yet), train every remaining epoch; returns the summary (also summary.json)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self._run()
+
+    def prepare(self) -> "Trainer":
+        """:meth:`set_up` and :meth:`resume`: every check of the input (data, method, checkpoint) before training."""
+        if not self.prepared:
+            self.set_up()
+            self.resume()
+            self.prepared = True
+        return self
+
+    def _run(self) -> Dict[str, Any]:
+        config = self.config
+        self.prepare()
+        if self.writes:
+            write_json_atomic(config.to_dict(), self.out / "config.json")
+        metrics = MetricsLogger(self.out, self.writes)
+        # DDP synchronises gradients of work done inside its forward: wrap the whole loss computation.
+        self.step_module = ED.wrap_ddp(self.model, self.method, self.device) if self.procs.distributed else None
+        status, epoch = "completed", self.start_epoch
+        last = config.epochs if config.stop_after_epochs is None else min(config.epochs,
+                                                                          self.start_epoch + config.stop_after_epochs)
+        try:
+            for epoch in range(self.start_epoch, last):
+                row = self.train_epoch(epoch)
+                self.evaluate(row)
+                self.history.append(row)
+                metrics.log(row)
+                if config.progress and self.procs.main:
+                    print(format_row(row), flush=True)
+                self.save(epoch + 1)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            if self.writes:
+                save_atomic({"epoch": epoch, "model": self.model.state_dict(), "interrupted": True},
+                            self.out / "interrupted.pt")
+            if self.procs.main:
+                print(f"\ninterrupted during epoch {epoch + 1}: {self.checkpoint_path} holds the last completed "
+                      f"epoch; run again with --resume to continue", flush=True)
+        finally:
+            metrics.close()
+        if status == "completed" and len(self.history) < config.epochs:
+            status = "stopped"
+        summary = {"status": status, "epochs_completed": len(self.history), "config": config.to_dict(),
+                   "final": self.history[-1] if self.history else {},
+                   "num_parameters": sum(p.numel() for p in self.model.parameters()), "world_size": self.procs.world,
+                   "rank": self.procs.rank}
+        if self.communication is not None:
+            summary["communication"] = self.communication
+        if self.writes:
+            write_json_atomic(summary, self.out / "summary.json")
+        return summary
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Train one model with one method; returns the summary (also written to summary.json).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this function:
+    the model is wrapped in DistributedDataParallel, each process reads its own
+    shard of ``batch_size`` examples per step (global batch = batch_size × W),
+    losses and accuracies are averaged over all processes, and only rank 0
+    writes files. A process group created here is destroyed on the way out,
+    also on errors; a collective that fails because another process crashed or
+    did not answer within ``dist_timeout`` seconds raises
+    :class:`multimix.engine.distributed.DistributedError`.
+    """
+    return run_in_processes(config, lambda device: Trainer(config, device).run())
+
+
+def run_in_processes(config: TrainConfig, fn):
+    """``fn(device)`` inside the torchrun process group (joined here, left on the way out, also on errors)."""
+    config.validate()
+    device = resolve_device(config.device)
+    owns_group = D.init_from_env(backend="nccl" if device.type == "cuda" else "gloo", timeout_s=config.dist_timeout)
+    try:
+        if D.is_distributed() and device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", D.local_rank())
+        return fn(device)
+    except Exception as err:
+        if D.is_distributed() and ED.is_collective_failure(err):
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ED.DistributedError(
+                f"rank {D.rank()} of {D.world_size()}: a collective failed — another process crashed, was killed or "
+                f"did not answer within --dist-timeout {config.dist_timeout:g} s (see the other ranks' output): "
+                f"{first}") from err
+        raise
+    finally:
+        if owns_group:
+            D.cleanup()

@@ -1,0 +1,117 @@
+"""What ``bench`` compares and what ``tune`` selects from, as data: YAML files checked against the method settings.
+
+``configs/bench/entries.yaml`` lists the bench's methods (:class:`BenchEntry`);
+``configs/bench/grid.yaml`` the tuning candidates (:class:`TuneSpec`). Every
+``method_args`` and ``distill`` mapping is checked against the settings read
+from the constructors (:mod:`multimix.methods.settings`) when the file is
+loaded, so a wrong key or type fails before any training, naming the entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from ..engine.config import CONFIG_DIR, read_yaml
+from ..methods import METHODS, distill_settings, method_settings, methods_taking
+from ..methods.settings import check_settings
+
+__all__ = ["BenchEntry", "TuneSpec", "Candidate", "ENTRIES_PATH", "GRID_PATH", "load_entries", "load_grid"]
+
+ENTRIES_PATH = CONFIG_DIR / "bench" / "entries.yaml"
+GRID_PATH = CONFIG_DIR / "bench" / "grid.yaml"
+
+Candidate = Tuple[Dict[str, Any], Optional[Dict[str, Any]]]  # (method_args, distill)
+
+
+@dataclass(frozen=True)
+class BenchEntry:
+    """One row of the comparison: a label, a method with its settings, optional self-distillation."""
+
+    label: str
+    method: str
+    method_args: Dict[str, Any] = field(default_factory=dict)
+    distill: Optional[Dict[str, Any]] = None
+    ours: bool = False
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """One method to tune: its label, method name, whether it is ours, and its candidates."""
+
+    label: str
+    method: str
+    candidates: List[Candidate]
+    ours: bool = False
+    inherit: Optional[str] = None  # label whose tuned method_args each candidate starts from
+    fixed: Dict[str, Any] = field(default_factory=dict)  # method_args common to every candidate
+
+
+def _check_method(item: Mapping[str, Any], where: str) -> str:
+    method = item.get("method")
+    if method not in METHODS:
+        raise ValueError(f"{where}: unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    return method
+
+
+def _check_keys(item: Any, cls: type, where: str) -> None:
+    if not isinstance(item, Mapping):
+        raise TypeError(f"{where} must be a mapping, got {type(item).__name__}")
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(item) - set(valid))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; valid keys: {', '.join(valid)}")
+    for key in ("label", "method"):
+        if not isinstance(item.get(key), str):
+            raise ValueError(f"{where} needs a {key} (a string)")
+
+
+def _args(values: Any, method: str, where: str) -> Dict[str, Any]:
+    return check_settings(values, method_settings(method), f"{where} method_args of {method!r}", owner_of=methods_taking)
+
+
+def _distill(values: Any, where: str) -> Optional[Dict[str, Any]]:
+    return None if values is None else check_settings(values, distill_settings(), f"{where} distill")
+
+
+def _items(path: Path) -> List[Any]:
+    data = read_yaml(path)
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path} must be a non-empty YAML list")
+    return data
+
+
+def load_entries(path: Path = ENTRIES_PATH) -> List[BenchEntry]:
+    """The bench entries of a YAML file (default: the bundled, tuned ones)."""
+    entries = []
+    for i, item in enumerate(_items(path)):
+        where = f"{path} entry {i + 1}"
+        _check_keys(item, BenchEntry, where)
+        method = _check_method(item, where)
+        entries.append(BenchEntry(item["label"], method, _args(item.get("method_args"), method, where),
+                                  _distill(item.get("distill"), where), bool(item.get("ours", False))))
+    return entries
+
+
+def load_grid(path: Path = GRID_PATH) -> List[TuneSpec]:
+    """The tuning specs of a YAML file (default: the bundled grid)."""
+    specs: List[TuneSpec] = []
+    for i, item in enumerate(_items(path)):
+        where = f"{path} spec {i + 1} ({item.get('label') if isinstance(item, Mapping) else '?'})"
+        _check_keys(item, TuneSpec, where)
+        method = _check_method(item, where)
+        candidates = []
+        for j, candidate in enumerate(item.get("candidates") or []):
+            candidate = dict(candidate or {})
+            distill = candidate.pop("distill", None)
+            candidates.append((_args(candidate, method, f"{where} candidate {j + 1}"),
+                               _distill(distill, f"{where} candidate {j + 1}")))
+        if not candidates:
+            raise ValueError(f"{where} needs at least one candidate")
+        inherit = item.get("inherit")
+        if inherit is not None and inherit not in [s.label for s in specs]:
+            raise ValueError(f"{where} inherits from {inherit!r}, which must be listed before it")
+        specs.append(TuneSpec(item["label"], method, candidates, bool(item.get("ours", False)), inherit,
+                              _args(item.get("fixed"), method, f"{where} fixed")))
+    return specs

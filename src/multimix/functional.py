@@ -7,6 +7,11 @@ when that is ``None``).
 Notation (see ``DESIGN.md``): a mini-batch of m examples, n interpolated
 examples, c classes, d embedding channels, r spatial positions.
 Λ (``lam``) is an (n, m) interpolation matrix whose rows lie on the simplex.
+
+This file is longer than the others on purpose: it is the one public module of
+the library's tensor operations (``multimix.functional``), in sections
+(sampling, targets and losses, mixing, dense weights, CutMix, MixupE) that
+share private samplers.
 """
 
 from __future__ import annotations

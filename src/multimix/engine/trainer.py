@@ -16,6 +16,9 @@ Under ``torchrun`` the same code runs in every process (one per GPU); what
 differs is gathered in :class:`Processes` and :mod:`multimix.engine.distributed`:
 DistributedDataParallel, a DistributedSampler, per-rank random streams, metrics
 averaged over ranks, files written by rank 0 only.
+
+The file is a little over 400 lines because the loop, its set-up and its
+exits are meant to be read together, top to bottom, in one place.
 """
 
 from __future__ import annotations

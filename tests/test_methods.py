@@ -316,3 +316,24 @@ def test_self_distillation_warmup_ramps_the_teacher_weight(tiny_model, tiny_batc
 def test_self_distillation_defaults_match_the_documented_ones(tiny_model):
     distill = multimix.SelfDistillation(tiny_model)
     assert {k: getattr(distill, k) for k in multimix.SelfDistillation.DEFAULTS} == multimix.SelfDistillation.DEFAULTS
+
+
+def test_manifold_layers_of_preact_resnet_follow_the_paper():
+    """Layer 0 is input mixup; every other offered layer (output of group k) mixes somewhere else.
+
+    Mixing right after the bias-free stem convolution would be input mixup again (a linear map commutes with
+    mixing), so the stem is part of group 1 and is never a layer of its own.
+    """
+    torch.manual_seed(0)
+    model = preact_resnet_small(num_classes=10).eval()
+    assert model.num_stages == 4
+    x, perm, lam = torch.randn(8, 3, 32, 32), torch.randperm(8), 0.3
+    reference, _ = multimix.InputMixup(num_classes=10).mixed_logits(model, x, lam, perm)
+    spread = reference.std()
+    for k in range(model.num_stages + 1):
+        logits, _ = multimix.ManifoldMixup(layers=(k,), num_classes=10).mixed_logits(model, x, lam, perm)
+        gap = (logits - reference).abs().max()
+        if k == 0:
+            assert gap <= 1e-5 * spread.clamp_min(1.0)
+        else:
+            assert gap > 1e-2 * spread, f"layer {k} behaves like input mixup (gap {gap:.2e}, spread {spread:.2e})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import signal
 import sys
 import typing
 from dataclasses import replace
@@ -21,7 +22,8 @@ import torch
 
 from .engine import (CheckpointError, DistributedError, NonFiniteLossError, TrainConfig, Trainer, bundled_configs,
                      load_recipe, resolve_device)
-from .engine.trainer import run_in_processes
+from .engine.signals import exit_status
+from .engine.trainer import check_writable, run_in_processes
 from .methods import METHODS, SelfDistillation, distill_settings, method_settings
 from .methods.settings import Setting
 
@@ -36,8 +38,7 @@ class UserError(Exception):
 
 
 # Known failures that are the user's to fix, whatever the phase: one line, exit status 2.
-USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, ImportError, CheckpointError,
-               NonFiniteLossError, DistributedError)
+USER_ERRORS = (UserError, OSError, ImportError, CheckpointError, NonFiniteLossError, DistributedError)
 
 
 @contextlib.contextmanager
@@ -184,6 +185,7 @@ def run_bench_command(args) -> int:
     from .experiments.tune import tune
 
     with checking_input():
+        check_writable(Path(args.out_dir))
         for name in ("seeds", "tune_seeds", "attack_limit"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -203,8 +205,9 @@ def run_bench_command(args) -> int:
         else:
             entries = keep_methods(load_entries(Path(args.entries) if args.entries else ENTRIES_PATH), args.methods,
                                    "bench methods")
-    setting = (f"{base.dataset} ({base.num_train} train / {base.val_size} validation / {base.num_test} test, "
-               f"{base.model} width {base.width}, {base.epochs} epochs)")
+    size = lambda n: "all" if n is None else n  # noqa: E731
+    setting = (f"{base.dataset} ({size(base.num_train)} train / {base.val_size} validation / {size(base.num_test)} "
+               f"test, {base.model} width {base.width or 'default'}, {base.epochs} epochs)")
     if args.tune:
         print(f"multimix bench --tune: selecting settings of {len(grid)} methods on the validation split, "
               f"{args.tune_seeds} seeds per candidate, {setting}", flush=True)
@@ -263,7 +266,7 @@ def run_eval_command(args) -> int:
         config, splits, model = load_trained(args.checkpoint, device=device, **overrides)
         ood = ood_dataset(args.ood, config, splits)
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)  # before the evaluation, not after it
     result = report(model, splits, ood=ood, eps=args.eps, pgd_steps=args.pgd_steps, attack_limit=args.attack_limit,
                     device=device)
     predictions = result.pop("_predictions")
@@ -329,7 +332,9 @@ def run_train_command(args) -> int:
     if "test_accuracy" in final and summary.get("rank", 0) == 0:
         print(f"test accuracy {final['test_accuracy']:.2f}% after {summary['epochs_completed']} epochs "
               f"({summary['status']}); outputs in {summary['config']['out_dir']}")
-    return 130 if summary["status"] == "interrupted" else 0
+    if summary["status"] == "interrupted":
+        return exit_status(getattr(signal, summary.get("signal", "SIGINT")))
+    return 0
 
 
 COMMANDS = {"train": run_train_command, "bench": run_bench_command, "eval": run_eval_command,

@@ -16,7 +16,7 @@ from torch.utils.data import Subset
 
 from .splits import Splits, default_cache_dir, take
 
-__all__ = ["cifar", "image_folder", "load_cifar", "load_image_folder"]
+__all__ = ["cifar", "image_folder", "load_cifar", "load_image_folder", "load_image", "check_images_readable"]
 
 _CIFAR_MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -83,13 +83,51 @@ def image_folder(root: str, *, size: int = 32, num_train: Optional[int] = None, 
         raise FileNotFoundError(f"ImageFolder data must have {root}/train/<class>/ and {root}/test/<class>/ (or val/); "
                                 f"not found under {root}. For the CIFAR-10 JPEG copy: "
                                 f"mkdir -p DIR && tar -xzf cifar10-jpeg.tar.gz -C DIR")
-    train_aug = datasets.ImageFolder(str(train_dir), transform=_image_transforms(True, size, _IMAGENET_MEAN_STD, augment))
-    train_plain = datasets.ImageFolder(str(train_dir), transform=_image_transforms(False, size, _IMAGENET_MEAN_STD, False))
-    test = datasets.ImageFolder(str(test_dir), transform=_image_transforms(False, size, _IMAGENET_MEAN_STD, False))
+    folder = lambda path, train, aug: datasets.ImageFolder(  # noqa: E731
+        str(path), transform=_image_transforms(train, size, _IMAGENET_MEAN_STD, aug), loader=load_image)
+    train_aug, train_plain, test = folder(train_dir, True, augment), folder(train_dir, False, False), \
+        folder(test_dir, False, False)
     if train_aug.classes != test.classes:
         raise ValueError(f"train and test class folders differ under {root}")
-    return _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, (3, size, size),
-                                len(train_aug.classes), _IMAGENET_MEAN_STD)
+    if len(train_aug.classes) < 2:
+        raise ValueError(f"{train_dir} has {len(train_aug.classes)} class folder(s); a classifier needs at least 2")
+    splits = _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, (3, size, size),
+                                  len(train_aug.classes), _IMAGENET_MEAN_STD)
+    for subset in (splits.train, splits.val, splits.test):
+        check_images_readable(subset)
+    return splits
+
+
+def load_image(path: str):
+    """An RGB PIL image; a file PIL cannot decode is a ``ValueError`` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise ValueError(f"cannot decode image {path}: {err}") from err
+
+
+def check_images_readable(dataset) -> None:
+    """Open the header of every image a (Subset of an) ImageFolder will read, before any training.
+
+    Reading a header is cheap (no decoding), and it finds the truncated and non-image files that would
+    otherwise stop a run in the middle of an epoch; the error names the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if dataset is None:
+        return
+    indices = dataset.indices if isinstance(dataset, Subset) else range(len(dataset))
+    samples = (dataset.dataset if isinstance(dataset, Subset) else dataset).samples
+    for i in indices:
+        path = samples[i][0]
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError) as err:
+            raise ValueError(f"cannot decode image {path}: {err}") from err
 
 
 def _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, shape, num_classes,

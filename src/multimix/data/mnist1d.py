@@ -34,6 +34,23 @@ def mnist1d(num_train: int = 4000, num_test: int = 1000, num_val: int = 0, *, da
     need_train = num_train + num_val
     num_samples = max(math.ceil(need_train / 0.8), math.ceil(num_test / 0.2), 5000)
     cache_dir = Path(cache_dir or default_cache_dir())
+    data = _generated(num_samples, data_seed, cache_dir)
+    # The generator's split is about 80/20, not exactly: generate more when a split came out short.
+    while len(data["x"]) < need_train or len(data["x_test"]) < num_test:
+        short = max(need_train - len(data["x"]), 4 * (num_test - len(data["x_test"])), 1)
+        num_samples += math.ceil(short / 0.8)
+        data = _generated(num_samples, data_seed, cache_dir)
+    as_x = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1)
+    as_y = lambda a: torch.tensor(a, dtype=torch.long)
+    x, y = as_x(data["x"][:need_train]), as_y(data["y"][:need_train])
+    train = TensorDataset(x[num_val:], y[num_val:])
+    val = TensorDataset(x[:num_val], y[:num_val]) if num_val > 0 else None
+    test = TensorDataset(as_x(data["x_test"][:num_test]), as_y(data["y_test"][:num_test]))
+    return Splits(train, val, test, (1, x.shape[-1]), 10)
+
+
+def _generated(num_samples: int, data_seed: int, cache_dir: Path):
+    """The generator's output for ``num_samples`` (train and test arrays), from the cache or made and cached."""
     path = cache_dir / f"mnist1d-{num_samples}-seed{data_seed}.npz"
     if not path.exists():
         try:
@@ -47,14 +64,7 @@ def mnist1d(num_train: int = 4000, num_test: int = 1000, num_val: int = 0, *, da
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
         np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
         os.replace(tmp, path)
-    data = np.load(path)
-    as_x = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1)
-    as_y = lambda a: torch.tensor(a, dtype=torch.long)
-    x, y = as_x(data["x"][:need_train]), as_y(data["y"][:need_train])
-    train = TensorDataset(x[num_val:], y[num_val:])
-    val = TensorDataset(x[:num_val], y[:num_val]) if num_val > 0 else None
-    test = TensorDataset(as_x(data["x_test"][:num_test]), as_y(data["y_test"][:num_test]))
-    return Splits(train, val, test, (1, x.shape[-1]), 10)
+    return np.load(path)
 
 
 def load_mnist1d(name: str, *, data_dir: Optional[str], num_train: Optional[int], num_test: Optional[int],

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+from .checkpoint import write_text_atomic
 
 __all__ = ["MetricsLogger", "ProgressBar", "format_row"]
 
 
 class MetricsLogger:
-    """Per-epoch metrics to metrics.jsonl and metrics.csv, and to TensorBoard when it is installed."""
+    """Per-epoch metrics to metrics.jsonl and metrics.csv (rewritten atomically from the whole history, so
+    they always agree with the checkpoint), and the newest row to TensorBoard when it is installed."""
 
     def __init__(self, out_dir: Path, enabled: bool):
         self.out_dir, self.enabled, self.writer = Path(out_dir), enabled, None
@@ -26,18 +29,16 @@ class MetricsLogger:
             except Exception:  # tensorboard not installed
                 self.writer = None
 
-    def log(self, row: Dict[str, Any]) -> None:
+    def write(self, history: List[Dict[str, Any]], new_row: bool = True) -> None:
+        """Rewrite both files from ``history``; send its last row to TensorBoard when ``new_row``."""
         if not self.enabled:
             return
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        csv_path = self.out_dir / "metrics.csv"
-        new = not csv_path.exists()
-        with open(csv_path, "a") as f:
-            if new:
-                f.write(",".join(row) + "\n")
-            f.write(",".join(str(v) for v in row.values()) + "\n")
-        if self.writer is not None:
+        write_text_atomic("".join(json.dumps(row) + "\n" for row in history), self.out_dir / "metrics.jsonl")
+        columns = list(dict.fromkeys(key for row in history for key in row))
+        lines = [",".join(columns)] + [",".join(str(row.get(key, "")) for key in columns) for row in history]
+        write_text_atomic("\n".join(lines) + "\n" if history else "", self.out_dir / "metrics.csv")
+        if self.writer is not None and new_row and history:
+            row = history[-1]
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, row["epoch"])

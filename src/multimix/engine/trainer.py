@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -43,13 +45,23 @@ from .checkpoint import CheckpointError, load_checkpoint, load_into, save_atomic
 from .config import TrainConfig
 from .evaluate import evaluate_sharded
 from .logging import MetricsLogger, ProgressBar, format_row
+from .signals import StopRequest
 
-__all__ = ["Trainer", "train", "NonFiniteLossError", "Processes", "resolve_device", "build_data_and_model",
-           "load_trained", "epoch_seed", "run_in_processes"]
+__all__ = ["Trainer", "train", "NonFiniteLossError", "Interrupted", "config_differences", "Processes", "resolve_device", "build_data_and_model",
+           "load_trained", "epoch_seed", "run_in_processes", "check_writable"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM asked the run to stop (raised between steps, never inside a write)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+        self.name = signal.Signals(signum).name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,6 +77,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` and write and remove a probe file in it, so that an unwritable output directory
+    fails before any work (with the OSError naming the path)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -109,6 +130,26 @@ def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Split
     return config, splits, model
 
 
+# What a resumed run must share with the checkpoint's run (the rest, e.g. epochs, device, out_dir, may change).
+RUN_IDENTITY = ("dataset", "num_train", "num_test", "val_size", "image_size", "augment", "model", "width", "method",
+                "method_args", "distill", "seed", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
+                "schedule", "milestones", "gamma")
+
+
+def config_differences(saved: Dict[str, Any], config: TrainConfig) -> List[str]:
+    """``key: saved → now`` for every :data:`RUN_IDENTITY` field that differs (the mixing scope may change)."""
+    now = config.to_dict()
+    out = []
+    for key in RUN_IDENTITY:
+        before, after = saved.get(key), now[key]
+        if key == "method_args":
+            before = {k: v for k, v in (before or {}).items() if k != "mix_scope"}
+            after = {k: v for k, v in after.items() if k != "mix_scope"}
+        if key in saved and before != after:
+            out.append(f"{key}: {before!r} → {after!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class Processes:
     """Where this process stands among the torchrun processes (W = 1, rank 0 for a plain run)."""
@@ -146,6 +187,7 @@ class Trainer:
         self.start_epoch = 0
         self.communication: Optional[Dict[str, Any]] = None
         self.prepared = False
+        self.status, self.signal, self.error = "created", None, None
 
     @property
     def writes(self) -> bool:
@@ -158,7 +200,7 @@ class Trainer:
         """Data, model, method, optimiser and schedule; refuses to overwrite a finished run."""
         config, device = self.config, self.device
         if self.writes:
-            self.out.mkdir(parents=True, exist_ok=True)
+            check_writable(self.out)
         if config.checkpoint:
             ED.run_on_main(self.check_fresh)  # rank 0 decides, every rank raises
         self.splits, self.model = ED.main_first(lambda: build_data_and_model(config, device))  # rank 0 fills caches first
@@ -229,20 +271,26 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def resume(self) -> None:
-        """Continue from ``last.pt``: weights, optimiser, schedule, EMA teacher and the metrics history."""
+        """Continue from ``last.pt``: weights, optimiser, EMA teacher and the metrics history.
+
+        The learning-rate schedule is rebuilt for this run's ``epochs`` and advanced to the checkpoint's step,
+        so a longer ``--epochs`` extends the schedule instead of restarting it. A checkpoint of another run
+        (method, model, data, optimisation) is refused with the list of differences.
+        """
         if not self.config.resume:
             return
         path = self.checkpoint_path
         # Rank 0 reads the checkpoint and sends it to the others (no shared file system needed).
         state = ED.run_on_main(lambda: load_checkpoint(path) if path.exists() else None)
         if state is None:
-            return
+            raise CheckpointError(f"--resume: no checkpoint at {path}; run without --resume to start a new run")
+        differences = config_differences(state.get("config", {}), self.config)
+        if differences:
+            raise CheckpointError(f"--resume: {path} is from another run ({'; '.join(differences)}); use the same "
+                                  "settings, or another --out-dir for a new run")
         load_into(self.model, state["model"], "model", path)
         load_into(self.optimizer, state["optimizer"], "optimizer", path)
-        if state.get("steps_per_epoch", self.steps_per_epoch) == self.steps_per_epoch:
-            self.scheduler.load_state_dict(state["scheduler"])
-        else:  # saved by another number of processes: the same point of the schedule, in this run's steps
-            self.scheduler = self.make_scheduler(start_step=state["epoch"] * self.steps_per_epoch)
+        self.scheduler = self.make_scheduler(start_step=state["epoch"] * self.steps_per_epoch)
         if self.distill is not None:
             if state.get("teacher") is None:
                 raise CheckpointError(f"checkpoint {path} has no EMA teacher but this run uses self-distillation")
@@ -292,6 +340,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.method.update(self.model)
+                self.check_stop()
                 loss_sum += logged.item() * x.shape[0]
                 seen += x.shape[0]
                 bar.step(loss=f"{loss_sum / seen:.4f}",
@@ -322,13 +371,14 @@ class Trainer:
             "config": self.config.to_dict(), "history": self.history, "world_size": self.procs.world,
             "steps_per_epoch": self.steps_per_epoch,
         }, self.checkpoint_path)
+        (self.out / "interrupted.pt").unlink(missing_ok=True)  # older than last.pt now
 
     # ------------------------------------------------------------------ the run
 
     def run(self) -> Dict[str, Any]:
         """Prepare (if not done yet), train every remaining epoch; returns the summary (also summary.json)."""
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), StopRequest() as self.stop:
             return self._run()
 
     def prepare(self) -> "Trainer":
@@ -340,45 +390,83 @@ class Trainer:
         return self
 
     def _run(self) -> Dict[str, Any]:
-        config = self.config
+        config, procs = self.config, self.procs
         self.prepare()
         if self.writes:
             write_json_atomic(config.to_dict(), self.out / "config.json")
-        metrics = MetricsLogger(self.out, self.writes)
+        self.metrics = MetricsLogger(self.out, self.writes)
+        self.metrics.write(self.history, new_row=False)  # rows past the checkpoint (a kill before it) are dropped
         # DDP synchronises gradients of work done inside its forward: wrap the whole loss computation.
-        self.step_module = ED.wrap_ddp(self.model, self.method, self.device) if self.procs.distributed else None
-        status, epoch = "completed", self.start_epoch
+        self.step_module = ED.wrap_ddp(self.model, self.method, self.device) if procs.distributed else None
         last = config.epochs if config.stop_after_epochs is None else min(config.epochs,
                                                                           self.start_epoch + config.stop_after_epochs)
+        self.status, epoch = "running", self.start_epoch
         try:
+            self.check_stop()
             for epoch in range(self.start_epoch, last):
                 row = self.train_epoch(epoch)
                 self.evaluate(row)
                 self.history.append(row)
-                metrics.log(row)
-                if config.progress and self.procs.main:
-                    print(format_row(row), flush=True)
+                # The checkpoint first: metrics and summary never describe an epoch that last.pt lacks.
                 self.save(epoch + 1)
-        except KeyboardInterrupt:
-            status = "interrupted"
-            if self.writes:
-                save_atomic({"epoch": epoch, "model": self.model.state_dict(), "interrupted": True},
-                            self.out / "interrupted.pt")
-            if self.procs.main:
-                print(f"\ninterrupted during epoch {epoch + 1}: {self.checkpoint_path} holds the last completed "
-                      f"epoch; run again with --resume to continue", flush=True)
+                self.metrics.write(self.history)
+                self.write_summary()
+                if config.progress and procs.main:
+                    print(format_row(row), flush=True)
+                self.check_stop()
+            self.status = "completed" if len(self.history) >= config.epochs else "stopped"
+        except (Interrupted, KeyboardInterrupt) as stop:
+            self.status = "interrupted"
+            self.signal = stop.name if isinstance(stop, Interrupted) else "SIGINT"
+            self.save_interrupted(epoch)
+        except BaseException as err:
+            self.status, self.error = "failed", f"{type(err).__name__}: {err}"
+            self.write_summary(quiet=True)
+            raise
         finally:
-            metrics.close()
-        if status == "completed" and len(self.history) < config.epochs:
-            status = "stopped"
-        summary = {"status": status, "epochs_completed": len(self.history), "config": config.to_dict(),
+            self.metrics.close()
+        return self.write_summary()
+
+    def check_stop(self) -> None:
+        """Raise :class:`Interrupted` when SIGINT/SIGTERM arrived (on any process: all stop at the same step)."""
+        requested = self.stop.signum or 0
+        if self.procs.distributed:
+            requested = int(D.sum_across_ranks(float(requested)) > 0) * (requested or signal.SIGTERM)
+        if requested:
+            raise Interrupted(requested)
+
+    def save_interrupted(self, epoch: int) -> None:
+        """Keep ``last.pt`` (the last completed epoch) and save the current weights as ``interrupted.pt``."""
+        if self.writes:
+            save_atomic({"epoch": epoch, "model": self.model.state_dict(), "interrupted": True},
+                        self.out / "interrupted.pt")
+        if self.procs.main:
+            print(f"\n{self.signal}: stopped during epoch {epoch + 1}; {self.checkpoint_path} holds epoch "
+                  f"{len(self.history)}; run again with --resume to continue", flush=True)
+
+    def summary(self) -> Dict[str, Any]:
+        """The run's state as JSON: status (running / interrupted / failed / completed / stopped), final metrics."""
+        summary = {"status": self.status, "epochs_completed": len(self.history), "config": self.config.to_dict(),
                    "final": self.history[-1] if self.history else {},
-                   "num_parameters": sum(p.numel() for p in self.model.parameters()), "world_size": self.procs.world,
-                   "rank": self.procs.rank}
+                   "num_parameters": sum(p.numel() for p in self.model.parameters()),
+                   "world_size": self.procs.world, "rank": self.procs.rank}
+        if self.signal:
+            summary["signal"] = self.signal
+        if self.error:
+            summary["error"] = self.error
         if self.communication is not None:
             summary["communication"] = self.communication
+        return summary
+
+    def write_summary(self, quiet: bool = False) -> Dict[str, Any]:
+        """Write ``summary.json`` atomically (rank 0) and return the summary; ``quiet`` ignores write errors."""
+        summary = self.summary()
         if self.writes:
-            write_json_atomic(summary, self.out / "summary.json")
+            try:
+                write_json_atomic(summary, self.out / "summary.json")
+            except OSError:
+                if not quiet:
+                    raise
         return summary
 
 

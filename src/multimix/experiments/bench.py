@@ -26,7 +26,7 @@ from .entries import BenchEntry, load_entries
 from .stats import paired_comparison
 
 __all__ = ["BenchEntry", "DEFAULT_ENTRIES", "DEFAULT_CONFIG", "run_bench", "summarise", "markdown_table",
-           "evaluation_table", "write_results"]
+           "evaluation_table", "write_results", "data_sizes"]
 
 # Each method's settings as selected on MNIST-1D's validation split (configs/bench/entries.yaml).
 DEFAULT_ENTRIES: List[BenchEntry] = load_entries()
@@ -36,6 +36,12 @@ DEFAULT_ENTRIES: List[BenchEntry] = load_entries()
 DEFAULT_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", width=32, num_train=2000, val_size=5000,
                              num_test=10000, epochs=30, eval_every=30, batch_size=128, lr=0.1, schedule="cosine",
                              progress=False, checkpoint=False)
+
+
+def data_sizes(splits) -> Dict[str, int]:
+    """The number of training, validation and test examples a run used."""
+    return {"num_train": len(splits.train), "val_size": len(splits.val) if splits.val is not None else 0,
+            "num_test": len(splits.test)}
 
 
 # Evaluation columns reported per method (mean over seeds): name -> (header, lower is better?)
@@ -76,6 +82,7 @@ def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Se
             t0 = time.perf_counter()
             trainer = Trainer(config)
             final = trainer.run()["final"]
+            sizes = data_sizes(trainer.splits)
             extra = report(trainer.model, trainer.splits, pgd_steps=pgd_steps, attack_limit=attack_limit,
                            device=trainer.device, seed=seed)
             predictions = extra.pop("_predictions")
@@ -90,6 +97,7 @@ def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Se
                 f"({runs[-1]['time_s']:.1f} s, {time.perf_counter() - start:.0f} s total)")
     results = summarise(runs)
     results["setting"] = {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")}
+    results["setting"].update(sizes)  # the sizes used, also where the config says "all" (None)
     results["seeds"] = seeds
     results["wall_time_s"] = time.perf_counter() - start
     write_results(results, out_dir)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..engine import Trainer, TrainConfig
 from ..evaluation.plots import matplotlib_available, new_figure, save_figure
+from .bench import data_sizes
 from .entries import BenchEntry, TuneSpec, load_grid
 
 __all__ = ["TuneSpec", "DEFAULT_GRID", "GRID_SIZE", "TUNING_SEED_OFFSET", "tune", "candidate_name"]
@@ -80,7 +81,9 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
                 config = replace(base, method=spec.method, method_args=dict(args), distill=distill, seed=seed,
                                  out_dir=str(out_dir / "tuning-runs" / f"{spec.method}-{index}-{seed}"),
                                  checkpoint=False, progress=False).validate()
-                accuracies.append(Trainer(config).run()["final"]["val_accuracy"])
+                trainer = Trainer(config)
+                accuracies.append(trainer.run()["final"]["val_accuracy"])
+                sizes = data_sizes(trainer.splits)
             record = {"label": spec.label, "method": spec.method, "ours": spec.ours, "candidate": index,
                       "name": candidate_name(own_args, distill), "method_args": args, "distill": distill,
                       "val_accuracies": accuracies, "val_mean": float(np.mean(accuracies)),
@@ -94,7 +97,8 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
         chosen_args[spec.label] = best["method_args"]
         entries.append(BenchEntry(spec.label, spec.method, best["method_args"], best["distill"], spec.ours))
     result = {"records": records, "seeds": [TUNING_SEED_OFFSET + s for s in range(seeds)],
-              "setting": {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")},
+              "setting": {**{k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")},
+                          **sizes},
               "wall_time_s": time.perf_counter() - start}
     write_tuning(result, out_dir)
     return entries, result

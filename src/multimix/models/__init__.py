@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import torch
+
 from .adapters import TimmModel, TorchvisionResNet, adapt
 from .cnn1d import CNN1D, cnn1d
 from .preact_resnet import PreActResNet, preact_resnet18, preact_resnet_small
 
 __all__ = ["CNN1D", "cnn1d", "PreActResNet", "preact_resnet18", "preact_resnet_small",
-           "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model", "check_model_name"]
+           "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model", "check_model_name",
+           "check_input_shape"]
 
 MODELS = {
     "cnn1d": cnn1d,
@@ -27,6 +30,32 @@ TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet1
 
 
 def build_model(name: str, *, num_classes: int, input_shape, width=None):
+    """A model for a data set, checked with one forward pass on a zero batch of ``input_shape``.
+
+    A model that cannot take this input (a ViT built for another image size, a
+    1-D network on images) fails here with one line naming the model and the
+    input shape, rather than in the middle of training.
+    """
+    model = create_for_data(name, num_classes=num_classes, input_shape=input_shape, width=width)
+    check_input_shape(model, name, input_shape)
+    return model
+
+
+def check_input_shape(model, name: str, input_shape) -> None:
+    """Raise ``ValueError`` unless ``model`` maps a (2, *input_shape) batch to (2, c) logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *input_shape))
+    except (RuntimeError, AssertionError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"model {name!r} cannot take inputs of shape {tuple(input_shape)}: {first}") from err
+    finally:
+        model.train(was_training)
+
+
+def create_for_data(name: str, *, num_classes: int, input_shape, width=None):
     """A model for a data set: built-in names, torchvision ResNets by name, or ``timm:<name>``.
 
     Args:
@@ -58,7 +87,14 @@ def build_model(name: str, *, num_classes: int, input_shape, width=None):
         arch = name.split(":", 1)[1]
         if arch not in timm.list_models():
             raise ValueError(f"unknown timm model {arch!r} (see timm.list_models())")
-        return adapt(timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels))
+        kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_channels)
+        if len(input_shape) == 3:
+            try:  # ViTs and other patch models are built for one image size: build them for the data's
+                return adapt(timm.create_model(arch, img_size=tuple(input_shape[1:]), **kwargs))
+            except TypeError as err:
+                if "img_size" not in str(err):
+                    raise
+        return adapt(timm.create_model(arch, **kwargs))
     check_model_name(name)
     raise AssertionError("unreachable: check_model_name accepted an unknown model")
 

@@ -36,10 +36,16 @@ class PreActBlock(nn.Module):
 class PreActResNet(MixableClassifier):
     """PreActResNet for 32×32 inputs.
 
-    Stages: stem conv, then four groups of blocks (strides 1, 2, 2, 2) with
-    width, 2·width, 4·width, 8·width channels; the last group ends with the
-    final BN-ReLU. Dense features are (m, 8·width, H/8, W/8): 4×4 = 16
-    positions for 32×32 inputs.
+    Stages: four groups of blocks (strides 1, 2, 2, 2) with width, 2·width,
+    4·width, 8·width channels; the first starts with the stem convolution, the
+    last ends with the final BN-ReLU. Dense features are (m, 8·width, H/8,
+    W/8): 4×4 = 16 positions for 32×32 inputs.
+
+    Hidden layer k (manifold mixup's numbering, :mod:`multimix.contract`) is
+    the input for k = 0 and the output of group k otherwise, as in the
+    official manifold mixup code (input, after group 1, after group 2 for the
+    default layers (0, 1, 2)). The stem is not a layer of its own: it is a
+    bias-free convolution, so mixing right after it is exactly input mixup.
 
     Args:
         blocks: number of blocks per group, e.g. (2, 2, 2, 2) for ResNet-18.
@@ -63,7 +69,8 @@ class PreActResNet(MixableClassifier):
             groups.append(nn.Sequential(*layers))
         groups[-1].append(nn.BatchNorm2d(planes))
         groups[-1].append(nn.ReLU())
-        super().__init__([stem, *groups], nn.Linear(planes, num_classes))
+        groups[0] = nn.Sequential(stem, *groups[0])
+        super().__init__(groups, nn.Linear(planes, num_classes))
 
 
 def preact_resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> PreActResNet:

@@ -30,7 +30,9 @@ def mnist1d_cache(tmp_path, monkeypatch):
                   x_test=rng.standard_normal((30, 40)), y_test=rng.integers(0, 10, 30))
     # Small requests need max(ceil(need_train / 0.8), ceil(num_test / 0.2), 5000) = 5000 samples.
     np.savez(tmp_path / "mnist1d-5000-seed42.npz", **arrays)
-    monkeypatch.setitem(sys.modules, "mnist1d", None)  # any attempt to generate raises ImportError
+    # Any attempt to generate raises ImportError, also after an earlier test imported the real generator.
+    for name in ("mnist1d", "mnist1d.data"):
+        monkeypatch.setitem(sys.modules, name, None)
     return tmp_path, arrays
 
 

@@ -97,7 +97,9 @@ def check_probability(value: Any, name: str) -> float:
 
 def check_label_smoothing(value: Any, name: str = "label_smoothing") -> float:
     """A label-smoothing amount ε in [0, 1)."""
-    if not _is_number(value) or not 0.0 <= value < 1.0:
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
     return float(value)
 

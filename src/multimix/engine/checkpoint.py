@@ -71,5 +71,6 @@ def load_into(module: Any, state: Dict[str, Any], what: str, path: Path) -> None
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} does not match this run's {what}: {first}") from err
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        detail = " ".join(lines[:2])  # torch's headline and the first tensor that differs
+        raise CheckpointError(f"checkpoint {path} does not match this run's {what}: {detail}") from err

@@ -201,6 +201,8 @@ class Trainer:
         config, device = self.config, self.device
         if self.writes:
             check_writable(self.out)
+            for stale in self.out.glob(".*.tmp*"):  # left by a process killed mid-write (SIGKILL, power loss)
+                stale.unlink(missing_ok=True)
         if config.checkpoint:
             ED.run_on_main(self.check_fresh)  # rank 0 decides, every rank raises
         self.splits, self.model = ED.main_first(lambda: build_data_and_model(config, device))  # rank 0 fills caches first
@@ -407,8 +409,11 @@ class Trainer:
                 row = self.train_epoch(epoch)
                 self.evaluate(row)
                 self.history.append(row)
-                # The checkpoint first: metrics and summary never describe an epoch that last.pt lacks.
-                self.save(epoch + 1)
+                try:  # the checkpoint first: metrics and summary never describe an epoch that last.pt lacks
+                    self.save(epoch + 1)
+                except BaseException:
+                    self.history.pop()
+                    raise
                 self.metrics.write(self.history)
                 self.write_summary()
                 if config.progress and procs.main:

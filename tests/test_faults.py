@@ -39,7 +39,8 @@ def reference(tmp_path_factory):
 
 
 def run_with_fault(fault, out_dir):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    # The same number of threads as this process: resuming here must reproduce the subprocess's numbers.
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(torch.get_num_threads()))
     return subprocess.run([sys.executable, str(DRIVER), fault, *argv(out_dir)], env=env, capture_output=True,
                           text=True, timeout=300)
 

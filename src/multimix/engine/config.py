@@ -96,40 +96,41 @@ class TrainConfig:
             raise ValueError(f"{source} has unknown keys {unknown}; valid keys: {', '.join(valid)}")
         return cls(**data).validate(source)
 
-    def validate(self, source: str = "config") -> "TrainConfig":
+    def validate(self, source: str = "") -> "TrainConfig":
         """Check every field's type and value, and the method's and distillation's settings; returns self."""
+        prefix = f"{source}: " if source else ""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            check_type(getattr(self, f.name), hints[f.name], f"{source}: {f.name}")
+            check_type(getattr(self, f.name), hints[f.name], f"{prefix}{f.name}")
         if self.dataset not in DATASETS:
-            raise ValueError(f"{source}: unknown dataset {self.dataset!r}; valid datasets: {', '.join(DATASETS)}")
+            raise ValueError(f"{prefix}unknown dataset {self.dataset!r}; valid datasets: {', '.join(DATASETS)}")
         if self.method not in METHODS:
-            raise ValueError(f"{source}: unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+            raise ValueError(f"{prefix}unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
         check_model_name(self.model)
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"{source}: unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
+            raise ValueError(f"{prefix}unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
         for name in ("epochs", "batch_size", "eval_every", "image_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{source}: {name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{prefix}{name} must be >= 1, got {getattr(self, name)}")
         for name in ("num_train", "num_test", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{source}: {name} must be >= 1 (or left unset), got {getattr(self, name)}")
+                raise ValueError(f"{prefix}{name} must be >= 1 (or left unset), got {getattr(self, name)}")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 0:
-            raise ValueError(f"{source}: stop_after_epochs must be >= 0 (0: only load or set up), got {self.stop_after_epochs}")
+            raise ValueError(f"{prefix}stop_after_epochs must be >= 0 (0: only load or set up), got {self.stop_after_epochs}")
         for name in ("val_size", "workers", "seed"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{source}: {name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{prefix}{name} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"{source}: lr must be a finite number > 0, got {self.lr}")
+            raise ValueError(f"{prefix}lr must be a finite number > 0, got {self.lr}")
         for name in ("momentum", "weight_decay", "gamma"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{source}: {name} must be a finite number >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{prefix}{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
-            raise ValueError(f"{source}: dist_timeout must be > 0 seconds, got {self.dist_timeout}")
-        check_settings(self.method_args, method_settings(self.method), f"{source}: method_args of {self.method!r}",
+            raise ValueError(f"{prefix}dist_timeout must be > 0 seconds, got {self.dist_timeout}")
+        check_settings(self.method_args, method_settings(self.method), f"{prefix}method_args of {self.method!r}",
                        owner_of=methods_taking)
         if self.distill is not None:
-            check_settings(self.distill, distill_settings(), f"{source}: distill")
+            check_settings(self.distill, distill_settings(), f"{prefix}distill")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -70,3 +70,83 @@ def test_speed_command(tmp_path, png_ok, capsys):
     assert rows[1]["mixup_passes"] == 10 and not rows[1]["mixup_extrapolated"]
     assert all(r["multimix_examples_per_s"] > 0 and r["mixup_examples_per_s"] > 0 for r in rows)
     assert png_ok(tmp_path / "speed" / "speed.png")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "--device", "tpu9"], "device must be auto, cpu, cuda"),
+    (["train", "--lr", "inf"], "lr must be a finite number > 0"),
+    (["train", "--num-train", "0"], "num_train must be >= 1"),
+    (["train", "--val-size", "-1"], "val_size must be >= 0"),
+    (["train", "--epochs", "0"], "epochs must be >= 1"),
+    (["train", "--method", "multimix", "--attention", "cam"], "unknown key 'attention'"),
+])
+def test_bad_values_are_refused_before_any_work(argv, match, capsys, tmp_path):
+    out = tmp_path / "o"
+    assert main(argv + ["--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / "last.pt").exists()
+
+
+def test_cuda_without_cuda_is_a_clear_error(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "--device", "cuda", "--out-dir", str(tmp_path / "o")]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_output_directory_that_cannot_be_created_fails_first(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["train", "--out-dir", str(blocker / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(blocker) in err and "Traceback" not in err
+
+
+def test_eval_checks_its_arguments_and_output_before_evaluating(tmp_path, tiny, capsys):
+    train(tiny(tmp_path))
+    checkpoint = str(tmp_path / "run" / "last.pt")
+    assert main(["eval", checkpoint, "--attack-limit", "0"]) == 2
+    assert "--attack-limit must be >= 1" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["eval", checkpoint, "--out-dir", str(blocker / "eval")]) == 2
+    assert str(blocker) in capsys.readouterr().err
+
+
+def test_unreadable_image_and_one_class_folders_are_named(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (60 * c, 0, 0)).save(root / split / f"c{c}" / f"{i}.png")
+    broken = root / "train" / "c1" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:10])  # truncated to 10 bytes
+    base = ["train", "--dataset", "imagefolder", "--data-dir", str(root), "--model", "preact_resnet_small",
+            "--batch-size", "2", "--epochs", "1", "--no-progress"]
+    assert main(base + ["--out-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot decode image" in err and str(broken) in err and "Traceback" not in err
+    single = tmp_path / "single"
+    for split in ("train", "test"):
+        (single / split / "only").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(single / split / "only" / "0.png")
+    assert main(base[:4] + [str(single)] + base[5:] + ["--out-dir", str(tmp_path / "b")]) == 2
+    assert "at least 2" in capsys.readouterr().err
+
+
+def test_bench_without_matplotlib_writes_tables_and_says_so(tmp_path, capsys, monkeypatch):
+    import multimix.experiments.bench as bench
+
+    monkeypatch.setattr(bench, "matplotlib_available", lambda: False)
+    out = tmp_path / "bench"
+    assert main(["bench", "--methods", "ERM", "--seeds", "1", "--epochs", "1", "--num-train", "256",
+                 "--num-test", "128", "--attack-limit", "16", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "plots skipped" in printed and (out / "results.md").exists() and not (out / "results.png").exists()
+    assert "256 train / 128 test" in (out / "results.md").read_text()  # the sizes used, never "None"

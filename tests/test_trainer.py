@@ -14,7 +14,7 @@ import torch
 
 import multimix.engine.trainer as trainer_module
 from multimix.cli import main
-from multimix.engine import CheckpointError, NonFiniteLossError, load_checkpoint, train
+from multimix.engine import CheckpointError, NonFiniteLossError, Trainer, TrainConfig, load_checkpoint, train
 from multimix.experiments.bench import DEFAULT_ENTRIES
 
 
@@ -127,3 +127,16 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny, capsys):
     train(tiny(tmp_path))
     assert main(["train", "--out-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_vit_at_32_pixels_with_dense_multimix(tmp_path, image_folder):
+    """timm's ViTs are built for the data's image size: patch tokens become Dense MultiMix's positions."""
+    pytest.importorskip("timm")
+    config = TrainConfig(dataset="imagefolder", data_dir=str(image_folder), image_size=32,
+                         model="timm:vit_tiny_patch16_224", method="dense_multimix", method_args={"n": 16},
+                         epochs=1, batch_size=12, lr=0.01, progress=False, out_dir=str(tmp_path / "vit"))
+    trainer = Trainer(config)
+    summary = trainer.run()
+    assert summary["status"] == "completed" and 0 <= summary["final"]["test_accuracy"] <= 100
+    features = trainer.model.encode(torch.zeros(2, 3, 32, 32))
+    assert features.shape == (2, 192, 5)  # 2×2 patches of 16 px and the class token, as (m, d, positions)

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, get_args
 
+import torch
+
 from ..checks import check_type
 from ..data import DATASETS
 from ..methods import METHODS, distill_settings, method_settings, methods_taking
 from ..methods.settings import check_settings
 from ..models import check_model_name
 
-__all__ = ["TrainConfig", "SCHEDULES", "CONFIG_DIR", "bundled_configs", "load_recipe", "config_fields"]
+__all__ = ["TrainConfig", "resolve_device", "SCHEDULES", "CONFIG_DIR", "bundled_configs", "load_recipe", "config_fields"]
 
 Schedule = Literal["cosine", "step", "constant"]
 SCHEDULES = get_args(Schedule)
@@ -107,6 +109,7 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(f"{prefix}unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
         check_model_name(self.model)
+        resolve_device(self.device)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"{prefix}unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
         for name in ("epochs", "batch_size", "eval_every", "image_size"):
@@ -135,6 +138,21 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU) or a torch device string; a clear error for the others."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def config_fields() -> Dict[str, dataclasses.Field]:

@@ -42,7 +42,7 @@ from ..methods import Method, SelfDistillation, create_method
 from ..models import build_model
 from . import distributed as ED
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_atomic, write_json_atomic
-from .config import TrainConfig
+from .config import TrainConfig, resolve_device
 from .evaluate import evaluate_sharded
 from .logging import MetricsLogger, ProgressBar, format_row
 from .signals import StopRequest
@@ -62,21 +62,6 @@ class Interrupted(Exception):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
         self.name = signal.Signals(signum).name
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU) or a torch device string; a clear error for the others."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available on this machine; use --device cpu (or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def check_writable(directory: Path) -> None:
@@ -124,7 +109,8 @@ def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Split
         saved["method_args"] = {**saved.get("method_args", {}), "mix_scope": scope}
     valid = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in saved.items() if k in valid})
-    config = dataclasses.replace(config, **overrides).validate()
+    # The device is where we load now, not where the checkpoint was trained (a GPU run evaluated on a laptop).
+    config = dataclasses.replace(config, **{"device": str(device), **overrides}).validate()
     splits, model = build_data_and_model(config, resolve_device(device) if isinstance(device, str) else device)
     load_into(model, state["model"], "model", Path(path))
     return config, splits, model

@@ -34,17 +34,6 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # = the torchrun com
 WORLD, M, STEPS = 2, 6, 3  # processes, examples per process, DDP steps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    old = os.environ.get("MULTIMIX_CACHE")
-    os.environ["MULTIMIX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("MULTIMIX_CACHE", None)
-    else:
-        os.environ["MULTIMIX_CACHE"] = old
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -338,3 +327,19 @@ def test_single_process_helpers_are_no_ops(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(RuntimeError, match="torchrun"):
         D.init_from_env()
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """A signal to any process is shared at the next step: every rank saves and stops together."""
+    script = tmp_path / "faulty.py"
+    script.write_text(textwrap.dedent(_FAULTY).replace("{action}", 'os.kill(os.getpid(), __import__("signal").SIGTERM)'))
+    run = tmp_path / "run"
+    proc, elapsed = _torchrun(_FAULT_ARGS + ["--out-dir", str(run)], tmp_path, script=script, timeout=90)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and elapsed < 60, output
+    assert output.count("SIGTERM: stopped during epoch 1") == 1, output  # rank 0 reports, once
+    assert "exitcode  : 143" in output  # 128 + SIGTERM, as the shell reports a process ended by it
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM" and summary["epochs_completed"] == 0
+    assert load_checkpoint(run / "interrupted.pt")["interrupted"] is True
+    assert "did not answer" not in output  # no rank was left waiting for the other

@@ -56,24 +56,23 @@ def check_number(value: Any, name: str, *, minimum: Optional[float] = None, excl
     return value
 
 
+def _check_real(value: Any, name: str, kind: str, strictly_positive: bool) -> float:
+    if not _is_number(value):
+        raise TypeError(f"{name} must be {kind} finite number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (strictly_positive and value == 0):
+        raise ValueError(f"{name} must be {kind} finite number, got {value!r}")
+    return value
+
+
 def check_positive(value: Any, name: str) -> float:
     """``float(value)``; raise ``TypeError``/``ValueError`` naming ``name`` unless it is finite and > 0."""
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a positive finite number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return value
+    return _check_real(value, name, "a positive", strictly_positive=True)
 
 
 def check_non_negative(value: Any, name: str) -> float:
     """``float(value)`` if it is finite and >= 0."""
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a non-negative finite number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
-    return value
+    return _check_real(value, name, "a non-negative", strictly_positive=False)
 
 
 def check_int(value: Any, name: str, minimum: int) -> int:

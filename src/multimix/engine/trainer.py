@@ -416,7 +416,10 @@ class Trainer:
             raise
         finally:
             self.metrics.close()
-        return self.write_summary()
+        summary = self.write_summary()
+        if procs.distributed:
+            D.barrier()  # no process exits (and gets its peers stopped by torchrun) before rank 0 has written
+        return summary
 
     def check_stop(self) -> None:
         """Raise :class:`Interrupted` when SIGINT/SIGTERM arrived (on any process: all stop at the same step)."""

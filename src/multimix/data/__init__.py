@@ -22,7 +22,7 @@ from .mnist1d import load_mnist1d, mnist1d
 from .ood import ShuffledPositions
 from .splits import Splits, default_cache_dir
 
-__all__ = ["Splits", "DATASETS", "load_dataset", "mnist1d", "cifar", "image_folder", "default_cache_dir",
+__all__ = ["Splits", "DATASETS", "load_dataset", "dataset_family", "check_dataset_name", "mnist1d", "cifar", "image_folder", "default_cache_dir",
            "ShuffledPositions"]
 
 # name -> loader(name, *, data_dir, num_train, num_test, num_val, download, augment, image_size, seed)
@@ -36,11 +36,23 @@ _LOADERS: Dict[str, Callable[..., Splits]] = {
 DATASETS = tuple(_LOADERS)
 
 
+def dataset_family(name: str) -> str:
+    """The family part of a data-set name: ``"planetoid"`` for ``"planetoid:Cora"``, the name itself otherwise."""
+    return name.split(":", 1)[0]
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if its family is known (``family`` or ``family:argument``); else ``ValueError`` listing them."""
+    if not isinstance(name, str) or dataset_family(name) not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)} "
+                         "(some take an argument after a colon, e.g. family:argument)")
+    return name
+
+
 def load_dataset(name: str, *, data_dir: Optional[str] = None, num_train: Optional[int] = None,
                  num_test: Optional[int] = None, num_val: int = 0, download: bool = False, augment: bool = True,
                  image_size: int = 32, seed: int = 0) -> Splits:
-    """Load a data set by name (see ``DATASETS``)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
-    return _LOADERS[name](name, data_dir=data_dir, num_train=num_train, num_test=num_test, num_val=num_val,
+    """Load a data set by name (see ``DATASETS``; ``family:argument`` passes the argument to the family's loader)."""
+    check_dataset_name(name)
+    return _LOADERS[dataset_family(name)](name, data_dir=data_dir, num_train=num_train, num_test=num_test, num_val=num_val,
                           download=download, augment=augment, image_size=image_size, seed=seed)

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, get_args
 import torch
 
 from ..checks import check_type
-from ..data import DATASETS
+from ..data import DATASETS, check_dataset_name
 from ..methods import METHODS, distill_settings, method_settings, methods_taking
 from ..methods.settings import check_settings
 from ..models import check_model_name
@@ -104,8 +104,10 @@ class TrainConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             check_type(getattr(self, f.name), hints[f.name], f"{prefix}{f.name}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"{prefix}unknown dataset {self.dataset!r}; valid datasets: {', '.join(DATASETS)}")
+        try:
+            check_dataset_name(self.dataset)
+        except ValueError as err:
+            raise ValueError(f"{prefix}{err}") from None
         if self.method not in METHODS:
             raise ValueError(f"{prefix}unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
         check_model_name(self.model)

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import distributed as D
 from ..data import Splits, load_dataset
-from ..methods import Method, SelfDistillation, create_method
+from ..methods import METHODS, Method, SelfDistillation, create_method
 from ..models import build_model
 from . import distributed as ED
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_atomic, write_json_atomic
@@ -196,6 +196,11 @@ class Trainer:
         self.generator = torch.Generator(device=device)
         self.method: Method = create_method(config.method, num_classes=self.splits.num_classes,
                                             generator=self.generator, distill=self.distill, **config.method_args)
+        if self.method.needs_positions and len(self.splits.input_shape) < 2:
+            fit = [name for name, cls in METHODS.items() if cls.needs_positions is not True]  # MixupE: its base
+            raise ValueError(f"method {config.method!r} needs inputs with positions (sequences, images); "
+                             f"{config.dataset} examples have shape {tuple(self.splits.input_shape)}. Methods for "
+                             f"such data: {', '.join(fit)}")
         world = self.procs.world
         if len(self.splits.train) < config.batch_size * world:
             across = f" × {world} processes" if self.procs.distributed else ""

@@ -38,6 +38,7 @@ class Method:
 
     mixes_at = "none"
     uses_dense_features = False  # True: the loss needs the dense features (m, d, *spatial), not pooled ones
+    needs_positions = False  # True: only for inputs with positions (sequences, images), not for table rows
 
     @classmethod
     def settings(cls) -> Dict[str, Setting]:

@@ -72,6 +72,10 @@ class MixupE(Method):
         """Where the base method mixes."""
         return self.base.mixes_at
 
+    @property
+    def needs_positions(self) -> bool:
+        return self.base.needs_positions
+
     def __repr__(self) -> str:
         return f"MixupE(base={self.base!r}, eta={self.eta}, version={self.version}, threshold={self.threshold})"
 

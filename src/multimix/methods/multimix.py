@@ -80,6 +80,7 @@ class DenseMultiMixMethod(MultiMixMethod):
 
     mix_class = DenseMultiMix
     uses_dense_features = True
+    needs_positions = True
 
     def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
         targets = self.targets(model, x, y, dense=True)

@@ -64,6 +64,7 @@ class CutMix(PairwiseMix):
     """
 
     mixes_at = "input"
+    needs_positions = True
 
     def mixed_logits(self, model, x, lam, perm):
         if x.dim() not in (3, 4):

@@ -150,3 +150,18 @@ def test_bench_without_matplotlib_writes_tables_and_says_so(tmp_path, capsys, mo
     printed = capsys.readouterr().out
     assert "plots skipped" in printed and (out / "results.md").exists() and not (out / "results.png").exists()
     assert "256 train / 128 test" in (out / "results.md").read_text()  # the sizes used, never "None"
+
+
+def test_an_unexpected_error_keeps_its_traceback(tmp_path, monkeypatch):
+    """A bug is not a user error: it propagates (with its traceback) instead of becoming one line and status 2."""
+    import multimix.engine.trainer as trainer_module
+
+    def broken(self, epoch):
+        raise ValueError("a bug inside the training loop")
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", broken)
+    with pytest.raises(ValueError, match="a bug inside the training loop"):
+        main(["train", "--num-train", "192", "--num-test", "64", "--width", "8", "--epochs", "1", "--no-progress",
+              "--out-dir", str(tmp_path / "run")])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "a bug inside the training loop" in summary["error"]

@@ -9,6 +9,7 @@ override the YAML recipe. ``multimix configs`` lists the bundled recipes.
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import contextlib
 import dataclasses
 import signal
@@ -68,7 +69,7 @@ def argparse_kwargs(annotation: Any) -> Dict[str, Any]:
         return argparse_kwargs(literal[0] if literal else options[0])
     if origin is typing.Literal:
         return {"type": type(args[0]), "choices": list(args)}
-    if origin in (list, tuple) or str(origin) == "<class 'collections.abc.Sequence'>":
+    if origin in (list, tuple, collections.abc.Sequence):
         return {"type": args[0] if args else str, "nargs": "+"}
     if annotation is bool:
         return {"type": parse_bool, "metavar": "{true,false}"}

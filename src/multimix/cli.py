@@ -158,8 +158,10 @@ def bench_parser(sub) -> argparse.ArgumentParser:
                                                  "(default: 5000 on MNIST-1D, where they are generated beside the "
                                                  "training set; the recipe's with --config)")
     p.add_argument("--methods", help="comma-separated labels or method names to keep (default: all)")
-    p.add_argument("--entries", help="a YAML file of bench entries (default: the bundled configs/bench/entries.yaml)")
-    p.add_argument("--grid", help="a YAML file of tuning candidates for --tune (default: configs/bench/grid.yaml)")
+    p.add_argument("--entries", help="a YAML file of bench entries, or a bundled name in configs/bench (default: "
+                                     "entries, the MNIST-1D-tuned settings of every method)")
+    p.add_argument("--grid", help="a YAML file of tuning candidates for --tune, or a bundled name in configs/bench "
+                                  "(default: grid)")
     p.add_argument("--tune", action="store_true",
                    help="first select each method's settings on the validation split (same number of candidates "
                         "and tuning seeds for every method), then compare the chosen settings on the test split")
@@ -182,7 +184,7 @@ def keep_methods(items, names: Optional[str], what: str):
 
 def run_bench_command(args) -> int:
     from .experiments.bench import DEFAULT_CONFIG, evaluation_table, markdown_table, run_bench
-    from .experiments.entries import ENTRIES_PATH, GRID_PATH, load_entries, load_grid
+    from .experiments.entries import ENTRIES_PATH, GRID_PATH, bench_file, load_entries, load_grid
     from .experiments.tune import tune
 
     with checking_input():
@@ -200,11 +202,11 @@ def run_bench_command(args) -> int:
         base = replace(base, **overrides)
         base = replace(base, eval_every=base.epochs).validate()  # evaluate once, at the end of each run
         if args.tune:
-            grid = keep_methods(load_grid(Path(args.grid) if args.grid else GRID_PATH), args.methods, "bench methods")
+            grid = keep_methods(load_grid(bench_file(args.grid) if args.grid else GRID_PATH), args.methods, "bench methods")
             if base.val_size < 1:
                 raise ValueError(f"--tune selects on a validation split: --val-size must be >= 1, got {base.val_size}")
         else:
-            entries = keep_methods(load_entries(Path(args.entries) if args.entries else ENTRIES_PATH), args.methods,
+            entries = keep_methods(load_entries(bench_file(args.entries) if args.entries else ENTRIES_PATH), args.methods,
                                    "bench methods")
     size = lambda n: "all" if n is None else n  # noqa: E731
     setting = (f"{base.dataset} ({size(base.num_train)} train / {base.val_size} validation / {size(base.num_test)} "

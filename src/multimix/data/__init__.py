@@ -1,11 +1,11 @@
-"""Data sets: MNIST-1D (generated locally), CIFAR-10/100 (torchvision), any ImageFolder tree.
+"""Data sets: MNIST-1D (generated locally), CIFAR-10/100 (torchvision), any ImageFolder tree, UCI Adult (tables).
 
 Every loader returns a :class:`Splits` of ``train``, ``val`` (held out from the
 training set, for choosing hyper-parameters) and ``test`` data sets, plus the
 input shape and the number of classes. Nothing here downloads unless asked
 (``download=True`` for CIFAR).
 
-One module per data family (:mod:`.mnist1d`, :mod:`.images`), the shared
+One module per data family (:mod:`.mnist1d`, :mod:`.images`, :mod:`.tabular`), the shared
 :class:`Splits` and helpers in :mod:`.splits`, out-of-distribution sets in
 :mod:`.ood`. :func:`load_dataset` dispatches by name through ``_LOADERS``: to
 add a family, write its module with a loader that takes the data-set name and
@@ -20,9 +20,11 @@ from typing import Callable, Dict, Optional
 from .images import cifar, image_folder, load_cifar, load_image_folder
 from .mnist1d import load_mnist1d, mnist1d
 from .ood import ShuffledPositions
+from .tabular import adult, load_adult
 from .splits import Splits, default_cache_dir
 
-__all__ = ["Splits", "DATASETS", "load_dataset", "dataset_family", "check_dataset_name", "mnist1d", "cifar", "image_folder", "default_cache_dir",
+__all__ = ["Splits", "DATASETS", "load_dataset", "dataset_family", "check_dataset_name", "mnist1d", "cifar", "image_folder",
+           "adult", "default_cache_dir",
            "ShuffledPositions"]
 
 # name -> loader(name, *, data_dir, num_train, num_test, num_val, download, augment, image_size, seed)
@@ -31,6 +33,7 @@ _LOADERS: Dict[str, Callable[..., Splits]] = {
     "cifar10": load_cifar,
     "cifar100": load_cifar,
     "imagefolder": load_image_folder,
+    "adult": load_adult,
 }
 
 DATASETS = tuple(_LOADERS)

@@ -4,7 +4,7 @@ The task: predict whether a person's income exceeds $50K a year from 6
 numeric and 8 categorical attributes (2 classes; 32,561 training and 16,281
 test rows, about 24% positive). Inputs are one row of F features: the numeric
 columns median-imputed and standardised, the categorical ones imputed with
-their most frequent value and one-hot encoded (F = 104 with all training
+their most frequent value and one-hot encoded (F = 105 with all training
 rows). The preprocessing is fitted on the training rows only and then applied
 to the validation and test rows, so nothing of them leaks into the training
 inputs; a category that appears only outside the training rows encodes to
@@ -72,7 +72,7 @@ def _pandas():
 def _layout_hint(root: Path) -> str:
     return (f"expected {root / ADULT_FILES['train']} and {root / ADULT_FILES['test']} (UCI Adult CSVs: no header, "
             f"', '-separated, '?' for missing). Extract the archive with `mkdir -p DIR && tar -xzf adult.tar.gz -C DIR` "
-            f"and pass --data-dir DIR/adult, or pass --download to fetch the UCI files")
+            f"and pass --data-dir DIR, or pass --download to fetch the UCI files")
 
 
 def _data_root(root) -> Path:
@@ -111,14 +111,16 @@ def _read_csv(path: Path, *, test: bool):
         raise ValueError(f"{path} has no data rows; expected rows of {expected} comma-separated columns")
     frame.columns = list(ADULT_COLUMNS)
     # labels: <=50K / >50K, with a trailing period in the test file
-    labels = frame["income"].str.strip().str.rstrip(".")
+    labels = frame["income"].str.strip().str.removesuffix(".")
     bad = ~labels.isin(ADULT_LABELS)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         value = frame["income"].iloc[row]
-        shown = "missing ('?' or a short row)" if pd.isna(value) else repr(value)
-        raise ValueError(f"{path}: data row {row + 1} has income label {shown} ({int(bad.sum())} bad labels in all); "
-                         f"expected '<=50K' or '>50K'{' (with or without a trailing period)' if test else ''}")
+        shown = (f"no income label ('?', or fewer than {expected} columns)" if pd.isna(value)
+                 else f"income label {value!r}")
+        count = int(bad.sum())
+        raise ValueError(f"{path}: data row {row + 1} has {shown} ({count} bad label{'s' if count > 1 else ''} in "
+                         f"the file); expected '<=50K' or '>50K'{' (with or without a trailing period)' if test else ''}")
     frame["income"] = labels
     for column in ADULT_NUMERIC:
         values = pd.to_numeric(frame[column], errors="coerce")
@@ -248,7 +250,13 @@ def adult_arrays(root, *, num_train: Optional[int] = None, num_test: Optional[in
     if fit_rows["income"].nunique() < 2:
         raise ValueError(f"the {len(train_rows)} Adult training rows hold one class only; use more training rows")
     transformer = adult_preprocessor().fit(fit_rows)
-    features = lambda frame: np.ascontiguousarray(transformer.transform(frame), dtype=np.float32)  # noqa: E731
+    width = len(transformer.get_feature_names_out())
+
+    def features(frame) -> np.ndarray:
+        if len(frame) == 0:  # no validation rows: scikit-learn refuses empty inputs
+            return np.zeros((0, width), dtype=np.float32)
+        return np.ascontiguousarray(transformer.transform(frame), dtype=np.float32)
+
     val_frame, test_part = train_frame.iloc[val_rows], test_frame.iloc[test_rows]
     return AdultArrays(features(fit_rows), _labels(fit_rows), features(val_frame), _labels(val_frame),
                        features(test_part), _labels(test_part), train_rows, val_rows, test_rows, transformer)

@@ -116,8 +116,10 @@ def report(model, splits, *, ood: Optional[Dataset] = None, eps: Optional[float]
         "ece": 100.0 * expected_calibration_error(probs, test["labels"], n_bins=15),
     }
     out.update(robustness(model, splits, eps=eps, pgd_steps=pgd_steps, limit=attack_limit, device=device, seed=seed))
-    ood_set = ood if ood is not None else ShuffledPositions(splits.test, seed=seed)
-    out.update(ood_detection(test["logits"], predict(model, ood_set, device=device)["logits"]))
+    # The default OOD set shuffles positions; rows of a table have none, so there is no default OOD set for them.
+    if ood is not None or len(splits.input_shape) >= 2:
+        ood_set = ood if ood is not None else ShuffledPositions(splits.test, seed=seed)
+        out.update(ood_detection(test["logits"], predict(model, ood_set, device=device)["logits"]))
     out.update(embedding_metrics(test["embeddings"], test["labels"], seed=seed))
     out["_predictions"] = test
     return out

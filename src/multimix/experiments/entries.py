@@ -17,7 +17,8 @@ from ..engine.config import CONFIG_DIR, read_yaml
 from ..methods import METHODS, distill_settings, method_settings, methods_taking
 from ..methods.settings import check_settings
 
-__all__ = ["BenchEntry", "TuneSpec", "Candidate", "ENTRIES_PATH", "GRID_PATH", "load_entries", "load_grid"]
+__all__ = ["BenchEntry", "TuneSpec", "Candidate", "ENTRIES_PATH", "GRID_PATH", "load_entries", "load_grid",
+           "bench_file"]
 
 ENTRIES_PATH = CONFIG_DIR / "bench" / "entries.yaml"
 GRID_PATH = CONFIG_DIR / "bench" / "grid.yaml"
@@ -80,6 +81,18 @@ def _items(path: Path) -> List[Any]:
     if not isinstance(data, list) or not data:
         raise ValueError(f"{path} must be a non-empty YAML list")
     return data
+
+
+def bench_file(name_or_path: str) -> Path:
+    """A bench entries/grid file: a path, or the name of a bundled one in ``configs/bench`` (without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / "bench" / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = sorted(p.stem for p in (CONFIG_DIR / "bench").glob("*.yaml"))
+    raise FileNotFoundError(f"{name_or_path!r} is neither a file nor a bundled bench file; bundled: {', '.join(names)}")
 
 
 def load_entries(path: Path = ENTRIES_PATH) -> List[BenchEntry]:

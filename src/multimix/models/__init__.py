@@ -6,9 +6,10 @@ import torch
 
 from .adapters import TimmModel, TorchvisionResNet, adapt
 from .cnn1d import CNN1D, cnn1d
+from .mlp import MLP, mlp
 from .preact_resnet import PreActResNet, preact_resnet18, preact_resnet_small
 
-__all__ = ["CNN1D", "cnn1d", "PreActResNet", "preact_resnet18", "preact_resnet_small",
+__all__ = ["CNN1D", "cnn1d", "MLP", "mlp", "PreActResNet", "preact_resnet18", "preact_resnet_small",
            "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model", "check_model_name",
            "check_input_shape"]
 
@@ -16,6 +17,7 @@ MODELS = {
     "cnn1d": cnn1d,
     "preact_resnet18": preact_resnet18,
     "preact_resnet_small": preact_resnet_small,
+    "mlp": mlp,
 }
 
 
@@ -25,6 +27,9 @@ def create_model(name: str, **kwargs):
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     return MODELS[name](**kwargs)
 
+
+# Dimensions of one example each built-in model takes (default 3: images (C, H, W)).
+MODEL_INPUT_DIMS = {"cnn1d": 2, "mlp": 1}
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -66,12 +71,13 @@ def create_for_data(name: str, *, num_classes: int, input_shape, width=None):
     """
     in_channels = input_shape[0]
     if name in MODELS:
-        kwargs = {"num_classes": num_classes, "in_channels": in_channels}
+        dims = MODEL_INPUT_DIMS.get(name, 3)  # the input's dimensions, channels (or features) first
+        if len(input_shape) != dims:
+            kind = {1: "table rows (F,)", 2: "1-D sequences", 3: "images"}[dims]
+            raise ValueError(f"model {name!r} is for {kind}, but the data has examples of shape {tuple(input_shape)}")
+        kwargs = {"num_classes": num_classes, ("num_features" if name == "mlp" else "in_channels"): input_shape[0]}
         if width is not None:
             kwargs["channels" if name == "cnn1d" else "width"] = width
-        if (name == "cnn1d") != (len(input_shape) == 2):
-            kind = "1-D sequences" if name == "cnn1d" else "images"
-            raise ValueError(f"model {name!r} is for {kind}, but the data has examples of shape {tuple(input_shape)}")
         return MODELS[name](**kwargs)
     if name in TORCHVISION_RESNETS:
         try:

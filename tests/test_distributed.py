@@ -286,6 +286,8 @@ _FAULTY = """
     class Faulty:
         def __init__(self, method):
             self.method, self.calls = method, 0
+        def __getattr__(self, name):  # the wrapped method's attributes (needs_positions, mix_scope, ...)
+            return getattr(self.method, name)
         def update(self, model):
             self.method.update(model)
         def __call__(self, model, x, y):

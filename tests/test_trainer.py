@@ -68,9 +68,18 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny, monkeyp
     good = load_checkpoint(tmp_path / "run" / "last.pt")
     real = trainer_module.create_method
 
+    class Poisoned:  # the real method, with a loss that turns NaN
+        def __init__(self, method):
+            self.method = method
+
+        def __getattr__(self, name):
+            return getattr(self.method, name)
+
+        def __call__(self, model, x, y):
+            return self.method(model, x, y) * float("nan")
+
     def poisoned(*args, **kwargs):
-        method = real(*args, **kwargs)
-        return lambda model, x, y: method(model, x, y) * float("nan")
+        return Poisoned(real(*args, **kwargs))
 
     monkeypatch.setattr(trainer_module, "create_method", poisoned)
     with pytest.raises(NonFiniteLossError, match="nan"):

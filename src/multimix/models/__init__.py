@@ -7,9 +7,10 @@ import torch
 from .adapters import TimmModel, TorchvisionResNet, adapt
 from .cnn1d import CNN1D, cnn1d
 from .mlp import MLP, mlp
+from .speech_cnn import SpeechCNN, speech_cnn
 from .preact_resnet import PreActResNet, preact_resnet18, preact_resnet_small
 
-__all__ = ["CNN1D", "cnn1d", "MLP", "mlp", "PreActResNet", "preact_resnet18", "preact_resnet_small",
+__all__ = ["CNN1D", "cnn1d", "MLP", "mlp", "SpeechCNN", "speech_cnn", "PreActResNet", "preact_resnet18", "preact_resnet_small",
            "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model", "check_model_name",
            "check_input_shape"]
 
@@ -18,6 +19,7 @@ MODELS = {
     "preact_resnet18": preact_resnet18,
     "preact_resnet_small": preact_resnet_small,
     "mlp": mlp,
+    "speech_cnn": speech_cnn,
 }
 
 
@@ -73,7 +75,7 @@ def create_for_data(name: str, *, num_classes: int, input_shape, width=None):
     if name in MODELS:
         dims = MODEL_INPUT_DIMS.get(name, 3)  # the input's dimensions, channels (or features) first
         if len(input_shape) != dims:
-            kind = {1: "table rows (F,)", 2: "1-D sequences", 3: "images"}[dims]
+            kind = {1: "table rows (F,)", 2: "1-D sequences", 3: "images or spectrograms (C, H, W)"}[dims]
             raise ValueError(f"model {name!r} is for {kind}, but the data has examples of shape {tuple(input_shape)}")
         kwargs = {"num_classes": num_classes, ("num_features" if name == "mlp" else "in_channels"): input_shape[0]}
         if width is not None:

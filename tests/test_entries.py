@@ -118,3 +118,15 @@ def test_bundled_yaml_files_are_package_data():
     assert ENTRIES_PATH in needed and GRID_PATH in needed
     missing = sorted(str(p.relative_to(package)) for p in needed - shipped)
     assert not missing, f"not in [tool.setuptools.package-data] of pyproject.toml: {missing}"
+
+
+@pytest.mark.parametrize("path", [GRID_PATH, GRID_PATH.with_name("tabular_grid.yaml")])
+def test_every_tuning_candidate_is_a_distinct_setting(path):
+    """Candidates that differ only by restating a default would give a method fewer real candidates.
+
+    Compared as built: the method's repr shows every setting after defaults are resolved (e.g. clean_weight).
+    """
+    for spec in load_grid(path):
+        built = [(repr(create_method(spec.method, num_classes=10, **{**spec.fixed, **args})), repr(distill))
+                 for args, distill in spec.candidates]
+        assert len(set(built)) == len(built), f"{spec.label}: two candidates are the same setting: {built}"

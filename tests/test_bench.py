@@ -22,3 +22,23 @@ def test_bench_writes_table_and_plot(tmp_path, capsys, png_ok):
     assert {"pgd_error", "ece", "energy_auroc", "alignment", "uniformity"} <= set(mm)
     assert "PGD error" in (tmp_path / "bench" / "results.md").read_text()
     assert png_ok(tmp_path / "bench" / "embeddings.png")
+
+
+def test_bench_stops_cleanly_when_a_run_is_interrupted(tmp_path, capsys, monkeypatch):
+    """SIGTERM during a bench run stops the bench with 143, not with a KeyError on the missing accuracy."""
+    import signal
+
+    import multimix.engine.trainer as trainer_module
+
+    real = trainer_module.Trainer.train_epoch
+
+    def train_then_signal(self, epoch):
+        row = real(self, epoch)
+        self.stop.handle(signal.SIGTERM, None)  # as if SIGTERM arrived during this epoch
+        return row
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", train_then_signal)
+    code = main(["bench", "--methods", "ERM", "--seeds", "1", "--epochs", "2", "--num-train", "256",
+                 "--num-test", "128", "--attack-limit", "16", "--out-dir", str(tmp_path / "b")])
+    assert code == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err

@@ -24,7 +24,7 @@ import torch
 from .engine import (CheckpointError, DistributedError, NonFiniteLossError, TrainConfig, Trainer, bundled_configs,
                      load_recipe, resolve_device)
 from .engine.signals import exit_status
-from .engine.trainer import check_writable, run_in_processes
+from .engine.trainer import Interrupted, check_writable, run_in_processes
 from .methods import METHODS, SelfDistillation, distill_settings, method_settings
 from .methods.settings import Setting
 
@@ -362,6 +362,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as stop:  # bench/tune: a run was stopped by a signal; the runs before it are on disk
+        print(f"multimix {args.command}: stopped by {stop.name}", file=sys.stderr)
+        return exit_status(stop.signum)
     except USER_ERRORS as err:
         print(f"multimix {args.command}: error: {err}", file=sys.stderr)
         return 2

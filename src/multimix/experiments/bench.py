@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,13 +21,14 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from ..engine import Trainer, TrainConfig
+from ..engine.trainer import Interrupted
 from ..evaluation.plots import matplotlib_available, new_figure, plot_embeddings, save_figure
 from ..evaluation.report import report
 from .entries import BenchEntry, load_entries
 from .stats import paired_comparison
 
 __all__ = ["BenchEntry", "DEFAULT_ENTRIES", "DEFAULT_CONFIG", "run_bench", "summarise", "markdown_table",
-           "evaluation_table", "write_results", "data_sizes"]
+           "evaluation_table", "write_results", "data_sizes", "finished"]
 
 # Each method's settings as selected on MNIST-1D's validation split (configs/bench/entries.yaml).
 DEFAULT_ENTRIES: List[BenchEntry] = load_entries()
@@ -36,6 +38,13 @@ DEFAULT_ENTRIES: List[BenchEntry] = load_entries()
 DEFAULT_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", width=32, num_train=2000, val_size=5000,
                              num_test=10000, epochs=30, eval_every=30, batch_size=128, lr=0.1, schedule="cosine",
                              progress=False, checkpoint=False)
+
+
+def finished(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """``summary`` of a completed run; a run stopped by SIGINT/SIGTERM stops the whole experiment the same way."""
+    if summary["status"] == "interrupted":
+        raise Interrupted(getattr(signal, summary.get("signal", "SIGINT")))
+    return summary
 
 
 def data_sizes(splits) -> Dict[str, int]:
@@ -81,7 +90,7 @@ def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Se
                              out_dir=str(out_dir / "runs" / f"{method}-{seed}"), checkpoint=False, progress=False)
             t0 = time.perf_counter()
             trainer = Trainer(config)
-            final = trainer.run()["final"]
+            final = finished(trainer.run())["final"]
             sizes = data_sizes(trainer.splits)
             extra = report(trainer.model, trainer.splits, pgd_steps=pgd_steps, attack_limit=attack_limit,
                            device=trainer.device, seed=seed)

@@ -6,6 +6,7 @@ every fold, and the comparison pairs runs by (fold, seed), so 6 folds × S seeds
 give 6·S paired differences and 3,000 test predictions per seed.
 
     .venv/bin/python benchmarks/fsdd_loso.py --data-dir DIR [--seeds 3] [--methods "ERM,MultiMix"] [--out-dir runs/fsdd-loso]
+    .venv/bin/python benchmarks/fsdd_loso.py --data-dir DIR --pool-only     # re-pool the folds without training
 
 The entries are the bench's (settings selected on MNIST-1D's validation split,
 not tuned on FSDD). Writes one folder per fold and the pooled results.{md,csv,json,png}.
@@ -14,6 +15,7 @@ not tuned on FSDD). Writes one folder per fold and the pooled results.{md,csv,js
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--methods", help="comma-separated bench labels (default: all)")
     parser.add_argument("--attack-limit", type=int, default=500)
     parser.add_argument("--out-dir", default="runs/fsdd-loso")
+    parser.add_argument("--pool-only", action="store_true", help="only pool the folds already in --out-dir")
     args = parser.parse_args()
     keep = {m.strip() for m in args.methods.split(",")} if args.methods else None
     entries = [e for e in DEFAULT_ENTRIES if keep is None or e.label in keep]
@@ -39,18 +42,23 @@ def main() -> None:
     base = TrainConfig(**{**recipe, "data_dir": args.data_dir, "progress": False, "checkpoint": False})
     base = replace(base, eval_every=base.epochs).validate()
     out = Path(args.out_dir)
-    start, pooled = time.perf_counter(), []
+    start, pooled, sizes = time.perf_counter(), [], {}
     for fold, speaker in enumerate(speakers(args.data_dir)):
-        config = replace(base, dataset=f"fsdd:loso={speaker}").validate()
-        print(f"fold {fold + 1}: test speaker {speaker}", flush=True)
-        results = run_bench(out / speaker, seeds=args.seeds, entries=entries, base=config,
-                            attack_limit=args.attack_limit, log=lambda line: print("  " + line, flush=True))
+        if args.pool_only:  # the folds' results.json from an earlier run
+            results = json.loads((out / speaker / "results.json").read_text())
+        else:
+            config = replace(base, dataset=f"fsdd:loso={speaker}").validate()
+            print(f"fold {fold + 1}: test speaker {speaker}", flush=True)
+            results = run_bench(out / speaker, seeds=args.seeds, entries=entries, base=config,
+                                attack_limit=args.attack_limit, log=lambda line: print("  " + line, flush=True))
+        sizes = {k: results["setting"][k] for k in ("num_train", "val_size", "num_test")}
         for run in results["runs"]:
             pooled.append({**run, "seed": fold * FOLD_STRIDE + run["seed"], "fold": speaker})
     merged = summarise(pooled)
     merged.update(setting={**{k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")},
-                           "dataset": "fsdd leave-one-speaker-out (6 folds)", "num_test": "500 per fold"},
-                  seeds=f"{args.seeds} × 6 folds", wall_time_s=time.perf_counter() - start)
+                           "dataset": "fsdd leave-one-speaker-out (6 folds)",
+                           "num_train": f"{sizes['num_train']} per fold", "num_test": f"{sizes['num_test']} per fold"},
+                  seeds=f"{len(pooled) // len(merged['rows'])} (6 folds × {len(pooled) // len(merged['rows']) // 6})", wall_time_s=time.perf_counter() - start)
     write_results(merged, out)
     print(f"wrote {out}/results.md ({merged['wall_time_s']:.0f} s)")
 

@@ -156,12 +156,11 @@ def check_type(value: Any, annotation: Any, name: str) -> Any:
     if origin is typing.Union:
         if value is None and type(None) in args:
             return value
-        errors = []
         for option in (a for a in args if a is not type(None)):
             try:
                 return check_type(value, option, name)
-            except (TypeError, ValueError) as err:
-                errors.append(err)
+            except (TypeError, ValueError):
+                continue
         raise TypeError(f"{name} must be {describe_type(annotation)}, got {value!r}")
     if origin is typing.Literal:
         if value not in args or type(value) not in {type(a) for a in args}:

@@ -14,11 +14,12 @@ wraps torchvision ResNets and timm models into it.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+from typing import Iterator, Optional, Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["MixableClassifier", "check_mixable", "num_classes_of"]
+__all__ = ["MixableClassifier", "check_mixable", "num_classes_of", "eval_mode"]
 
 
 class MixableClassifier(nn.Module):
@@ -71,3 +72,14 @@ def num_classes_of(model) -> Optional[int]:
     """c read from the model's head when it is ``nn.Linear`` (else ``None``)."""
     head = getattr(model, "head", None)
     return head.out_features if isinstance(head, nn.Linear) else None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

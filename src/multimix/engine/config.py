@@ -25,7 +25,7 @@ from ..methods import METHODS, distill_settings, method_settings, methods_taking
 from ..methods.settings import check_settings
 from ..models import check_model_name
 
-__all__ = ["TrainConfig", "resolve_device", "SCHEDULES", "CONFIG_DIR", "bundled_configs", "load_recipe", "config_fields"]
+__all__ = ["TrainConfig", "resolve_device", "SCHEDULES", "CONFIG_DIR", "bundled_configs", "load_recipe"]
 
 Schedule = Literal["cosine", "step", "constant"]
 SCHEDULES = get_args(Schedule)
@@ -157,11 +157,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-def config_fields() -> Dict[str, dataclasses.Field]:
-    """The fields of :class:`TrainConfig` by name."""
-    return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def bundled_configs() -> List[str]:

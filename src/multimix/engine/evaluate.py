@@ -6,7 +6,6 @@ geometry) lives in :mod:`multimix.evaluation`, which builds on this module.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, Iterator, Tuple
 
 import torch
@@ -14,19 +13,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import distributed as D
+from ..contract import eval_mode
 
-__all__ = ["eval_mode", "batches", "evaluate", "evaluate_sharded"]
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+__all__ = ["batches", "evaluate", "evaluate_sharded"]
 
 
 def batches(dataset: Dataset, batch_size: int, device, num_workers: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

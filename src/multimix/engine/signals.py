@@ -39,10 +39,6 @@ class StopRequest:
         self.previous: Dict[int, Any] = {}
 
     @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    @property
     def name(self) -> Optional[str]:
         return None if self.signum is None else signal.Signals(self.signum).name
 

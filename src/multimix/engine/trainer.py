@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import distributed as D
+from ..contract import eval_mode
 from ..data import Splits, load_dataset
 from ..methods import METHODS, Method, SelfDistillation, create_method
 from ..models import build_model
@@ -248,11 +249,9 @@ class Trainer:
     def measure_communication(self) -> Dict[str, Any]:
         """Bytes per step of global mixing against the gradient all-reduce, from this model's tensor sizes."""
         model, splits = self.model, self.splits
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+        with eval_mode(model), torch.no_grad(), \
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             features = model.encode(torch.zeros(1, *splits.input_shape, device=self.device))
-        model.train(was_training)
         dense = self.method.uses_dense_features
         return ED.mixing_communication(
             batch_size=self.config.batch_size, world_size=self.procs.world, embed_dim=features.shape[1],

@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..engine.evaluate import batches, eval_mode
+from ..contract import eval_mode
+from ..engine.evaluate import batches
 from . import attacks
 from .calibration import expected_calibration_error
 from .geometry import alignment, class_distance_ratio, uniformity

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..contract import eval_mode
 from .adapters import TimmModel, TorchvisionResNet, adapt
 from .cnn1d import CNN1D, cnn1d
 from .mlp import MLP, mlp
@@ -50,16 +51,12 @@ def build_model(name: str, *, num_classes: int, input_shape, width=None):
 
 def check_input_shape(model, name: str, input_shape) -> None:
     """Raise ``ValueError`` unless ``model`` maps a (2, *input_shape) batch to (2, c) logits."""
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(2, *input_shape))
     except (RuntimeError, AssertionError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"model {name!r} cannot take inputs of shape {tuple(input_shape)}: {first}") from err
-    finally:
-        model.train(was_training)
 
 
 def create_for_data(name: str, *, num_classes: int, input_shape, width=None):

@@ -335,6 +335,10 @@ def run_train_command(args) -> int:
     if "test_accuracy" in final and summary.get("rank", 0) == 0:
         print(f"test accuracy {final['test_accuracy']:.2f}% after {summary['epochs_completed']} epochs "
               f"({summary['status']}); outputs in {summary['config']['out_dir']}")
+        chosen = summary.get("selected", {})
+        if summary["config"].get("select") == "best_val" and "test_accuracy" in chosen:
+            print(f"test accuracy {chosen['test_accuracy']:.2f}% at epoch {chosen['epoch']}, the best validation "
+                  f"accuracy ({chosen['val_accuracy']:.2f}%)")
     if summary["status"] == "interrupted":
         return exit_status(getattr(signal, summary.get("signal", "SIGINT")))
     return 0

@@ -1,12 +1,12 @@
 """Data sets: MNIST-1D (generated locally), CIFAR-10/100 (torchvision), any ImageFolder tree, UCI Adult (tables),
-FSDD spoken digits (log-mel spectrograms).
+FSDD spoken digits (log-mel spectrograms), the Planetoid citation graphs (node classification).
 
 Every loader returns a :class:`Splits` of ``train``, ``val`` (held out from the
 training set, for choosing hyper-parameters) and ``test`` data sets, plus the
 input shape and the number of classes. Nothing here downloads unless asked
-(``download=True`` for CIFAR, Adult and FSDD).
+(``download=True`` for CIFAR, Adult, FSDD and Planetoid).
 
-One module per data family (:mod:`.mnist1d`, :mod:`.images`, :mod:`.tabular`, :mod:`.audio`), the shared
+One module per data family (:mod:`.mnist1d`, :mod:`.images`, :mod:`.tabular`, :mod:`.audio`, :mod:`.graph`), the shared
 :class:`Splits` and helpers in :mod:`.splits`, out-of-distribution sets in
 :mod:`.ood`. :func:`load_dataset` dispatches by name through ``_LOADERS``: to
 add a family, write its module with a loader that takes the data-set name and
@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable, Dict, Optional
 
 from .audio import fsdd, load_fsdd
+from .graph import load_planetoid, planetoid
 from .images import cifar, image_folder, load_cifar, load_image_folder
 from .mnist1d import load_mnist1d, mnist1d
 from .ood import ShuffledPositions
@@ -26,7 +27,7 @@ from .tabular import adult, load_adult
 from .splits import Splits, default_cache_dir
 
 __all__ = ["Splits", "DATASETS", "load_dataset", "dataset_family", "check_dataset_name", "mnist1d", "cifar", "image_folder",
-           "adult", "fsdd", "default_cache_dir",
+           "adult", "fsdd", "planetoid", "default_cache_dir",
            "ShuffledPositions"]
 
 # name -> loader(name, *, data_dir, num_train, num_test, num_val, download, augment, image_size, seed)
@@ -37,6 +38,7 @@ _LOADERS: Dict[str, Callable[..., Splits]] = {
     "imagefolder": load_image_folder,
     "adult": load_adult,
     "fsdd": load_fsdd,
+    "planetoid": load_planetoid,
 }
 
 DATASETS = tuple(_LOADERS)

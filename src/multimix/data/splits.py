@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -28,6 +28,9 @@ class Splits:
     ``mean``/``std`` describe the normalisation the loaders apply (per channel),
     so attacks can work in pixel space ([0, 1] for images); ``None`` means the
     inputs are used as they are (MNIST-1D, already standardised).
+    ``input_dtype`` is the dtype of one input (integer for node indices);
+    ``graph`` holds what a graph model needs beside the node indices
+    (``features`` (N, F) and ``edge_index`` (2, E)), ``None`` for other data.
     """
 
     train: Dataset
@@ -37,6 +40,8 @@ class Splits:
     num_classes: int
     mean: Optional[Tuple[float, ...]] = None
     std: Optional[Tuple[float, ...]] = None
+    input_dtype: torch.dtype = torch.float32
+    graph: Optional[Dict[str, Any]] = None
 
 
 def default_cache_dir() -> Path:

@@ -29,6 +29,8 @@ __all__ = ["TrainConfig", "resolve_device", "SCHEDULES", "CONFIG_DIR", "bundled_
 
 Schedule = Literal["cosine", "step", "constant"]
 SCHEDULES = get_args(Schedule)
+Optimizer = Literal["sgd", "adam"]
+Selection = Literal["last", "best_val"]
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -63,13 +65,15 @@ class TrainConfig:
     method_args: Dict[str, Any] = _field(dict, "model and method", "the method's settings (see the method flags)")
     distill: Optional[Dict[str, Any]] = _field(None, "model and method",
                                                "SelfDistillation's settings; None: no self-distillation")
-    # optimisation (SGD with momentum, as in the papers)
+    # optimisation (SGD with momentum, as in the papers; Adam for the GCN of Kipf & Welling)
     epochs: int = _field(20, "optimisation", "epochs of the schedule")
-    batch_size: int = _field(128, "optimisation", "examples per step and process (global batch: × processes)")
+    batch_size: Optional[int] = _field(128, "optimisation", "examples per step and process (global batch: × processes); "
+                                                           "null in a recipe: the whole training set (full-batch)")
+    optimizer: Optimizer = _field("sgd", "optimisation", "sgd (with momentum) or adam")
     lr: float = _field(0.1, "optimisation", "peak learning rate")
     momentum: float = _field(0.9, "optimisation", "SGD momentum")
     nesterov: bool = _field(True, "optimisation", "Nesterov momentum")
-    weight_decay: float = _field(5e-4, "optimisation", "L2 weight decay")
+    weight_decay: float = _field(5e-4, "optimisation", "L2 weight decay (coupled, also with adam)")
     schedule: Schedule = _field("cosine", "optimisation", "learning-rate schedule")
     milestones: List[float] = _field(lambda: [0.5, 0.75], "optimisation", "fractions of the run where 'step' decays")
     gamma: float = _field(0.1, "optimisation", "decay factor of the 'step' schedule")
@@ -86,6 +90,9 @@ class TrainConfig:
     checkpoint: bool = _field(True, "machinery", "write last.pt, metrics and the summary to OUT_DIR")
     progress: bool = _field(True, "machinery", "progress bar and per-epoch lines")
     eval_every: int = _field(1, "machinery", "evaluate every this many epochs (and after the last)")
+    select: Selection = _field("last", "machinery", "the run's result: the last epoch's weights, or best_val: those "
+                                                    "of the evaluated epoch with the best validation accuracy (ties: "
+                                                    "lower validation loss); needs a validation split")
     dist_timeout: float = _field(600.0, "several processes",
                                  "seconds a process waits for the others before the job fails")
 
@@ -116,10 +123,10 @@ class TrainConfig:
         resolve_device(self.device)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"{prefix}unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
-        for name in ("epochs", "batch_size", "eval_every", "image_size"):
+        for name in ("epochs", "eval_every", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{prefix}{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_train", "num_test", "width"):
+        for name in ("num_train", "num_test", "width", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{prefix}{name} must be >= 1 (or left unset), got {getattr(self, name)}")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 0:

@@ -91,7 +91,7 @@ def build_data_and_model(config: TrainConfig, device) -> Tuple[Splits, torch.nn.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.model, num_classes=splits.num_classes, input_shape=splits.input_shape,
-                            width=config.width)
+                            width=config.width, input_dtype=splits.input_dtype, graph=splits.graph)
     return splits, model.to(device)
 
 
@@ -119,8 +119,8 @@ def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Split
 
 # What a resumed run must share with the checkpoint's run (the rest, e.g. epochs, device, out_dir, may change).
 RUN_IDENTITY = ("dataset", "num_train", "num_test", "val_size", "image_size", "augment", "model", "width", "method",
-                "method_args", "distill", "seed", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
-                "schedule", "milestones", "gamma")
+                "method_args", "distill", "seed", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+                "weight_decay", "schedule", "milestones", "gamma", "select")
 
 
 def config_differences(saved: Dict[str, Any], config: TrainConfig) -> List[str]:
@@ -171,6 +171,7 @@ class Trainer:
         self.checkpoint_path = self.out / "last.pt"
         self.procs = Processes.current()
         self.history: List[Dict[str, Any]] = []
+        self.best: Optional[Dict[str, Any]] = None  # select="best_val": {"row", "state"} of the best epoch so far
         self.start_epoch = 0
         self.communication: Optional[Dict[str, Any]] = None
         self.prepared = False
@@ -202,15 +203,23 @@ class Trainer:
             raise ValueError(f"method {config.method!r} needs inputs with positions (sequences, images); "
                              f"{config.dataset} examples have shape {tuple(self.splits.input_shape)}. Methods for "
                              f"such data: {', '.join(fit)}")
+        if config.select == "best_val" and self.splits.val is None:
+            raise ValueError(f"select 'best_val' needs a validation split, and {config.dataset} has none with "
+                             f"val_size {config.val_size}: set val_size > 0")
         world = self.procs.world
-        if len(self.splits.train) < config.batch_size * world:
+        # batch_size None: full-batch, the whole training set (this process's shard) in one step
+        self.batch_size = config.batch_size or max(1, len(self.splits.train) // world)
+        if len(self.splits.train) < self.batch_size * world:
             across = f" × {world} processes" if self.procs.distributed else ""
-            raise ValueError(f"batch_size ({config.batch_size}{across}) is larger than the training set "
+            raise ValueError(f"batch_size ({self.batch_size}{across}) is larger than the training set "
                              f"({len(self.splits.train)})")
-        self.steps_per_epoch = (len(self.splits.train) // world) // config.batch_size
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov and config.momentum > 0,
-                                         weight_decay=config.weight_decay)
+        self.steps_per_epoch = (len(self.splits.train) // world) // self.batch_size
+        if config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                             nesterov=config.nesterov and config.momentum > 0,
+                                             weight_decay=config.weight_decay)
         self.scheduler = self.make_scheduler(start_step=0)
         self.use_amp = config.amp and device.type == "cuda"
         if self.procs.distributed and getattr(self.method, "mix_scope", "local") == "global" and self.procs.main:
@@ -251,10 +260,10 @@ class Trainer:
         model, splits = self.model, self.splits
         with eval_mode(model), torch.no_grad(), \
                 torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            features = model.encode(torch.zeros(1, *splits.input_shape, device=self.device))
+            features = model.encode(torch.zeros(1, *splits.input_shape, dtype=splits.input_dtype, device=self.device))
         dense = self.method.uses_dense_features
         return ED.mixing_communication(
-            batch_size=self.config.batch_size, world_size=self.procs.world, embed_dim=features.shape[1],
+            batch_size=self.batch_size, world_size=self.procs.world, embed_dim=features.shape[1],
             num_classes=splits.num_classes,
             num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
             positions=math.prod(features.shape[2:]) if dense else 1, dense_targets=dense and bool(self.config.distill),
@@ -288,6 +297,7 @@ class Trainer:
                 raise CheckpointError(f"checkpoint {path} has no EMA teacher but this run uses self-distillation")
             load_into(self.distill, state["teacher"], "EMA teacher", path)
         self.start_epoch, self.history = state["epoch"], state.get("history", [])
+        self.best = state.get("best")
 
     # ------------------------------------------------------------------ one epoch
 
@@ -301,7 +311,7 @@ class Trainer:
             order = dict(sampler=sampler)
         else:
             order = dict(shuffle=True, generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 2))
-        return DataLoader(self.splits.train, batch_size=config.batch_size, drop_last=True,
+        return DataLoader(self.splits.train, batch_size=self.batch_size, drop_last=True,
                           num_workers=config.workers, pin_memory=self.device.type == "cuda", **order)
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
@@ -352,6 +362,23 @@ class Trainer:
         if self.splits.val is not None:
             row.update({f"val_{k}": v for k, v in evaluate_sharded(self.model, self.splits.val, self.device).items()})
         row.update({f"test_{k}": v for k, v in evaluate_sharded(self.model, self.splits.test, self.device).items()})
+        self.track_best(row)
+
+    def track_best(self, row: Dict[str, Any]) -> None:
+        """With ``select="best_val"``, keep a copy of the weights of the best validation epoch so far."""
+        if self.config.select != "best_val" or "val_accuracy" not in row:
+            return
+        rank = (row["val_accuracy"], -row["val_loss"])
+        if self.best is None or rank > (self.best["row"]["val_accuracy"], -self.best["row"]["val_loss"]):
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = {"row": dict(row), "state": state}
+
+    @property
+    def selected(self) -> Dict[str, Any]:
+        """The row of the epoch whose weights are the run's result (``select``): the best validation or the last."""
+        if self.best is not None:
+            return self.best["row"]
+        return self.history[-1] if self.history else {}
 
     def save(self, epoch: int) -> None:
         """Write ``last.pt`` atomically (rank 0 only)."""
@@ -361,7 +388,7 @@ class Trainer:
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "teacher": self.distill.state_dict() if self.distill else None,
             "config": self.config.to_dict(), "history": self.history, "world_size": self.procs.world,
-            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "best": self.best,
         }, self.checkpoint_path)
         (self.out / "interrupted.pt").unlink(missing_ok=True)  # older than last.pt now
 
@@ -410,6 +437,8 @@ class Trainer:
                     print(format_row(row), flush=True)
                 self.check_stop()
             self.status = "completed" if len(self.history) >= config.epochs else "stopped"
+            if self.best is not None:  # the run's result is the best validation epoch's model
+                self.model.load_state_dict(self.best["state"])
         except (Interrupted, KeyboardInterrupt) as stop:
             self.status = "interrupted"
             self.signal = stop.name if isinstance(stop, Interrupted) else "SIGINT"
@@ -445,7 +474,7 @@ class Trainer:
     def summary(self) -> Dict[str, Any]:
         """The run's state as JSON: status (running / interrupted / failed / completed / stopped), final metrics."""
         summary = {"status": self.status, "epochs_completed": len(self.history), "config": self.config.to_dict(),
-                   "final": self.history[-1] if self.history else {},
+                   "final": self.history[-1] if self.history else {}, "selected": self.selected,
                    "num_parameters": sum(p.numel() for p in self.model.parameters()),
                    "world_size": self.procs.world, "rank": self.procs.rank}
         if self.signal:

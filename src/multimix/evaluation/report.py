@@ -104,6 +104,9 @@ def report(model, splits, *, ood: Optional[Dataset] = None, eps: Optional[float]
            attack_limit: Optional[int] = 2000, device="cpu", seed: int = 0) -> Dict[str, Any]:
     """Everything above on the test set; ``ood`` defaults to the test set with shuffled positions.
 
+    Skipped where they do not apply: the attacks for inputs that are not values (graph node indices), the
+    default OOD set for inputs without positions (table rows, nodes).
+
     Returns a flat dict of numbers plus ``_predictions`` (test logits,
     embeddings, labels) for plots.
     """
@@ -116,7 +119,10 @@ def report(model, splits, *, ood: Optional[Dataset] = None, eps: Optional[float]
         "accuracy": 100.0 * (test["logits"].argmax(1) == test["labels"]).float().mean().item(),
         "ece": 100.0 * expected_calibration_error(probs, test["labels"], n_bins=15),
     }
-    out.update(robustness(model, splits, eps=eps, pgd_steps=pgd_steps, limit=attack_limit, device=device, seed=seed))
+    # Attacks perturb input values; node indices (graph data) have none to perturb.
+    if splits.input_dtype.is_floating_point:
+        out.update(robustness(model, splits, eps=eps, pgd_steps=pgd_steps, limit=attack_limit, device=device,
+                              seed=seed))
     # The default OOD set shuffles positions; rows of a table have none, so there is no default OOD set for them.
     if ood is not None or len(splits.input_shape) >= 2:
         ood_set = ood if ood is not None else ShuffledPositions(splits.test, seed=seed)

@@ -90,7 +90,8 @@ def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Se
                              out_dir=str(out_dir / "runs" / f"{method}-{seed}"), checkpoint=False, progress=False)
             t0 = time.perf_counter()
             trainer = Trainer(config)
-            final = finished(trainer.run())["final"]
+            summary = finished(trainer.run())
+            final = summary["selected"]  # the last epoch, or the best validation epoch with select="best_val"
             sizes = data_sizes(trainer.splits)
             extra = report(trainer.model, trainer.splits, pgd_steps=pgd_steps, attack_limit=attack_limit,
                            device=trainer.device, seed=seed)
@@ -98,11 +99,12 @@ def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Se
             if seed == first_seed:
                 embeddings[label] = (predictions["embeddings"][:2000], predictions["labels"][:2000])
             runs.append({"label": label, "method": method, "ours": ours, "seed": seed,
-                         "test_accuracy": final["test_accuracy"], "time_s": time.perf_counter() - t0,
+                         "test_accuracy": final["test_accuracy"], "epoch": final["epoch"],
+                         "test_accuracy_last": summary["final"]["test_accuracy"], "time_s": time.perf_counter() - t0,
                          "method_args": args, "distill": distill,
                          **{k: v for k, v in extra.items() if k in EXTRA_COLUMNS}})
-            log(f"{label:30s} seed {seed}: test accuracy {final['test_accuracy']:.2f}%, "
-                f"PGD error {extra['pgd_error']:.1f}%, ECE {extra['ece']:.2f}%  "
+            pgd = f"PGD error {extra['pgd_error']:.1f}%, " if "pgd_error" in extra else ""
+            log(f"{label:30s} seed {seed}: test accuracy {final['test_accuracy']:.2f}%, {pgd}ECE {extra['ece']:.2f}%  "
                 f"({runs[-1]['time_s']:.1f} s, {time.perf_counter() - start:.0f} s total)")
     results = summarise(runs)
     results["setting"] = {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")}

@@ -82,7 +82,7 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
                                  out_dir=str(out_dir / "tuning-runs" / f"{spec.method}-{index}-{seed}"),
                                  checkpoint=False, progress=False).validate()
                 trainer = Trainer(config)
-                accuracies.append(finished(trainer.run())["final"]["val_accuracy"])
+                accuracies.append(finished(trainer.run())["selected"]["val_accuracy"])
                 sizes = data_sizes(trainer.splits)
             record = {"label": spec.label, "method": spec.method, "ours": spec.ours, "candidate": index,
                       "name": candidate_name(own_args, distill), "method_args": args, "distill": distill,

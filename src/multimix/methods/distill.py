@@ -86,12 +86,13 @@ class SelfDistillation:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """θ_t ← μ θ_t + (1 − μ) θ_s for parameters and floating buffers; copy the others."""
+        """θ_t ← μ θ_t + (1 − μ) θ_s for parameters and floating buffers; copy the others.
+
+        Non-persistent buffers (constants such as a graph model's node features) are left as they are.
+        """
         self.updates += 1
-        model = _unwrap(model)
-        student = dict(model.named_parameters())
-        student.update(model.named_buffers())
-        for name, t in list(self.teacher.named_parameters()) + list(self.teacher.named_buffers()):
+        student = _unwrap(model).state_dict(keep_vars=True)
+        for name, t in self.teacher.state_dict(keep_vars=True).items():
             s = student[name].detach()
             if t.is_floating_point():
                 t.lerp_(s.to(t.dtype), 1.0 - self.momentum)

@@ -48,11 +48,17 @@ class PairwiseMix(Method):
 
 
 class InputMixup(PairwiseMix):
-    """Input mixup (Zhang et al., 2018): x̃ = λ x + (1 − λ) x[π]."""
+    """Input mixup (Zhang et al., 2018): x̃ = λ x + (1 − λ) x[π].
+
+    The mixed inputs are the model's layer 0, ``model.encode(x, 0, 0)``: x itself
+    for every model except those whose examples are not values (a graph
+    model's node indices become the nodes' feature rows).
+    """
 
     mixes_at = "input"
 
     def mixed_logits(self, model, x, lam, perm):
+        x = model.encode(x, 0, 0)
         return model(torch.lerp(x[perm], x, lam)), lam
 
 

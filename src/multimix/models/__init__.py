@@ -7,11 +7,12 @@ import torch
 from ..contract import eval_mode
 from .adapters import TimmModel, TorchvisionResNet, adapt
 from .cnn1d import CNN1D, cnn1d
+from .gcn import GCN, gcn
 from .mlp import MLP, mlp
 from .speech_cnn import SpeechCNN, speech_cnn
 from .preact_resnet import PreActResNet, preact_resnet18, preact_resnet_small
 
-__all__ = ["CNN1D", "cnn1d", "MLP", "mlp", "SpeechCNN", "speech_cnn", "PreActResNet", "preact_resnet18", "preact_resnet_small",
+__all__ = ["CNN1D", "cnn1d", "GCN", "gcn", "MLP", "mlp", "SpeechCNN", "speech_cnn", "PreActResNet", "preact_resnet18", "preact_resnet_small",
            "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model", "check_model_name",
            "check_input_shape"]
 
@@ -21,6 +22,7 @@ MODELS = {
     "preact_resnet_small": preact_resnet_small,
     "mlp": mlp,
     "speech_cnn": speech_cnn,
+    "gcn": gcn,
 }
 
 
@@ -31,43 +33,55 @@ def create_model(name: str, **kwargs):
     return MODELS[name](**kwargs)
 
 
-# Dimensions of one example each built-in model takes (default 3: images (C, H, W)).
-MODEL_INPUT_DIMS = {"cnn1d": 2, "mlp": 1}
+# Dimensions of one example each built-in model takes (default 3: images (C, H, W); 0: a node index).
+MODEL_INPUT_DIMS = {"cnn1d": 2, "mlp": 1, "gcn": 0}
+# Models over one fixed graph: built with the data's graph tensors (``Splits.graph``).
+GRAPH_MODELS = ("gcn",)
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
-def build_model(name: str, *, num_classes: int, input_shape, width=None):
+def build_model(name: str, *, num_classes: int, input_shape, width=None, input_dtype=torch.float32, graph=None):
     """A model for a data set, checked with one forward pass on a zero batch of ``input_shape``.
 
     A model that cannot take this input (a ViT built for another image size, a
     1-D network on images) fails here with one line naming the model and the
-    input shape, rather than in the middle of training.
+    input shape, rather than in the middle of training. ``graph`` (the data's
+    ``Splits.graph``) is required by the graph models and refused by the others.
     """
-    model = create_for_data(name, num_classes=num_classes, input_shape=input_shape, width=width)
-    check_input_shape(model, name, input_shape)
+    model = create_for_data(name, num_classes=num_classes, input_shape=input_shape, width=width, graph=graph)
+    check_input_shape(model, name, input_shape, input_dtype)
     return model
 
 
-def check_input_shape(model, name: str, input_shape) -> None:
+def check_input_shape(model, name: str, input_shape, input_dtype=torch.float32) -> None:
     """Raise ``ValueError`` unless ``model`` maps a (2, *input_shape) batch to (2, c) logits."""
     try:
         with eval_mode(model), torch.no_grad():
-            model(torch.zeros(2, *input_shape))
+            model(torch.zeros(2, *input_shape, dtype=input_dtype))
     except (RuntimeError, AssertionError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"model {name!r} cannot take inputs of shape {tuple(input_shape)}: {first}") from err
 
 
-def create_for_data(name: str, *, num_classes: int, input_shape, width=None):
+def create_for_data(name: str, *, num_classes: int, input_shape, width=None, graph=None):
     """A model for a data set: built-in names, torchvision ResNets by name, or ``timm:<name>``.
 
     Args:
         name: one of ``MODELS``, ``TORCHVISION_RESNETS``, or ``timm:<model name>``.
         num_classes: c.
         input_shape: (channels, *spatial) of one example.
-        width: channels of ``cnn1d`` / first-group width of the PreActResNets (default: theirs).
+        width: channels of ``cnn1d`` / first-group width of the PreActResNets / hidden units of ``gcn``
+            (default: theirs).
+        graph: ``{"features": X (N, F), "edge_index": (2, E)}`` for the graph models (``GRAPH_MODELS``).
     """
+    if (name in GRAPH_MODELS) != (graph is not None):
+        if graph is None:
+            raise ValueError(f"model {name!r} classifies the nodes of a graph; use it with a graph data set "
+                             "(e.g. --dataset planetoid:Cora)")
+        raise ValueError(f"graph data (node indices) needs a graph model ({', '.join(GRAPH_MODELS)}), not {name!r}")
+    if name in GRAPH_MODELS:
+        return MODELS[name](num_classes, width=width, **graph)
     in_channels = input_shape[0]
     if name in MODELS:
         dims = MODEL_INPUT_DIMS.get(name, 3)  # the input's dimensions, channels (or features) first

@@ -167,8 +167,8 @@ def test_loading_leaves_the_global_rng_alone(image_tree, mnist1d_cache):
 # ------------------------------------------------------------------ dispatcher and helpers
 
 def test_load_dataset_errors():
-    assert DATASETS == ("mnist1d", "cifar10", "cifar100", "imagefolder", "adult", "fsdd")
-    with pytest.raises(ValueError, match="valid datasets: mnist1d, cifar10, cifar100, imagefolder, adult, fsdd"):
+    assert DATASETS == ("mnist1d", "cifar10", "cifar100", "imagefolder", "adult", "fsdd", "planetoid")
+    with pytest.raises(ValueError, match="valid datasets: mnist1d, cifar10, cifar100, imagefolder, adult, fsdd, planetoid"):
         load_dataset("mnist2d")
     with pytest.raises(ValueError, match="needs --data-dir"):
         load_dataset("imagefolder")

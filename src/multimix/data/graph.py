@@ -13,6 +13,9 @@ An example is a node: the data sets hold (node index, label) pairs, so
 the model (:class:`multimix.models.GCN`), which propagates over the whole
 graph and returns the rows of the nodes asked for. Training is full-batch
 when ``batch_size`` covers the training nodes (the recipes set it so).
+``Splits.unlabelled`` lists every node outside the training split (validation
+and test nodes included, as in transductive semi-supervised learning; only
+their features and edges are used) for ``unlabelled_batch``.
 
 Files are read with PyTorch Geometric's Planetoid reader, without writing
 anything into the data directory. Layout (what the kimiyoung/planetoid
@@ -108,8 +111,10 @@ def planetoid(root, name: str = "Cora", *, num_train: Optional[int] = None, num_
     val = take(nodes(data.val_mask), num_val or None, seed + 1, "val_size")
     test = take(nodes(data.test_mask), num_test, seed + 2, "num_test")
     graph = {"features": data.x.float(), "edge_index": data.edge_index.long()}
+    # Transductive: every node outside the training split is an unlabelled input (its label is never read).
+    unlabelled = (~data.train_mask).nonzero().flatten()
     return Splits(train, val, test, input_shape=(), num_classes=int(labels.max()) + 1, input_dtype=torch.long,
-                  graph=graph)
+                  graph=graph, unlabelled=unlabelled)
 
 
 def load_planetoid(name: str, *, data_dir: Optional[str], num_train: Optional[int], num_test: Optional[int],

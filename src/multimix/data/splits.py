@@ -31,6 +31,9 @@ class Splits:
     ``input_dtype`` is the dtype of one input (integer for node indices);
     ``graph`` holds what a graph model needs beside the node indices
     (``features`` (N, F) and ``edge_index`` (2, E)), ``None`` for other data.
+    ``unlabelled`` holds inputs without labels (N_u, *input_shape) for
+    semi-supervised training (the Planetoid graphs: every node outside the
+    training split), ``None`` where the data set offers none.
     """
 
     train: Dataset
@@ -42,6 +45,7 @@ class Splits:
     std: Optional[Tuple[float, ...]] = None
     input_dtype: torch.dtype = torch.float32
     graph: Optional[Dict[str, Any]] = None
+    unlabelled: Optional[torch.Tensor] = None
 
 
 def default_cache_dir() -> Path:

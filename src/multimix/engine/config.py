@@ -65,6 +65,10 @@ class TrainConfig:
     method_args: Dict[str, Any] = _field(dict, "model and method", "the method's settings (see the method flags)")
     distill: Optional[Dict[str, Any]] = _field(None, "model and method",
                                                "SelfDistillation's settings; None: no self-distillation")
+    unlabelled_batch: int = _field(0, "model and method",
+                                   "unlabelled examples drawn into every step (semi-supervised; their targets are the "
+                                   "teacher's predictions, so it needs distill; their number ramps up over the "
+                                   "teacher's warm-up); 0: none. Data sets with unlabelled inputs: planetoid")
     # optimisation (SGD with momentum, as in the papers; Adam for the GCN of Kipf & Welling)
     epochs: int = _field(20, "optimisation", "epochs of the schedule")
     batch_size: Optional[int] = _field(128, "optimisation", "examples per step and process (global batch: × processes); "
@@ -131,7 +135,7 @@ class TrainConfig:
                 raise ValueError(f"{prefix}{name} must be >= 1 (or left unset), got {getattr(self, name)}")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 0:
             raise ValueError(f"{prefix}stop_after_epochs must be >= 0 (0: only load or set up), got {self.stop_after_epochs}")
-        for name in ("val_size", "workers", "seed"):
+        for name in ("val_size", "workers", "seed", "unlabelled_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{prefix}{name} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -145,6 +149,9 @@ class TrainConfig:
                        owner_of=methods_taking)
         if self.distill is not None:
             check_settings(self.distill, distill_settings(), f"{prefix}distill")
+        if self.unlabelled_batch and self.distill is None:
+            raise ValueError(f"{prefix}unlabelled_batch ({self.unlabelled_batch}) needs distill: the targets of "
+                             "unlabelled examples are the teacher's predictions (--distill)")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .. import distributed as D
 from ..contract import eval_mode
 from ..data import Splits, load_dataset
-from ..methods import METHODS, Method, SelfDistillation, create_method
+from ..methods import METHODS, UNLABELLED, Method, SelfDistillation, create_method
 from ..models import build_model
 from . import distributed as ED
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_atomic, write_json_atomic
@@ -119,7 +119,7 @@ def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Split
 
 # What a resumed run must share with the checkpoint's run (the rest, e.g. epochs, device, out_dir, may change).
 RUN_IDENTITY = ("dataset", "num_train", "num_test", "val_size", "image_size", "augment", "model", "width", "method",
-                "method_args", "distill", "seed", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+                "method_args", "distill", "unlabelled_batch", "seed", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                 "weight_decay", "schedule", "milestones", "gamma", "select")
 
 
@@ -196,6 +196,7 @@ class Trainer:
         self.splits, self.model = ED.main_first(lambda: build_data_and_model(config, device))  # rank 0 fills caches first
         self.distill = SelfDistillation(self.model, **config.distill) if config.distill else None
         self.generator = torch.Generator(device=device)
+        self.unlabelled_generator = torch.Generator()
         self.method: Method = create_method(config.method, num_classes=self.splits.num_classes,
                                             generator=self.generator, distill=self.distill, **config.method_args)
         if self.method.needs_positions and len(self.splits.input_shape) < 2:
@@ -203,6 +204,9 @@ class Trainer:
             raise ValueError(f"method {config.method!r} needs inputs with positions (sequences, images); "
                              f"{config.dataset} examples have shape {tuple(self.splits.input_shape)}. Methods for "
                              f"such data: {', '.join(fit)}")
+        if config.unlabelled_batch and self.splits.unlabelled is None:
+            raise ValueError(f"unlabelled_batch: {config.dataset} has no unlabelled examples (data sets that do: "
+                             "planetoid)")
         if config.select == "best_val" and self.splits.val is None:
             raise ValueError(f"select 'best_val' needs a validation split, and {config.dataset} has none with "
                              f"val_size {config.val_size}: set val_size > 0")
@@ -321,12 +325,14 @@ class Trainer:
         seed = epoch_seed(config.seed, epoch, procs.rank)
         torch.manual_seed(seed)
         self.generator.manual_seed(seed + 1)
+        self.unlabelled_generator.manual_seed(seed + 3)
         loader = self.loader(epoch)
         self.model.train()
         bar = ProgressBar(len(loader), config.progress and procs.main, f"epoch {epoch + 1}/{config.epochs}")
         start, loss_sum, seen = time.perf_counter(), 0.0, 0
         try:
             for x, y in loader:
+                x, y = self.with_unlabelled(x, y)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                     loss = self.step_module(x, y) if procs.distributed else self.method(self.model, x, y)
@@ -352,6 +358,18 @@ class Trainer:
         elapsed = time.perf_counter() - start
         return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "lr": self.scheduler.get_last_lr()[0],
                 "epoch_time_s": elapsed, "examples_per_s": procs.world * seen / elapsed}
+
+    def with_unlabelled(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) with ``unlabelled_batch`` random unlabelled inputs appended (label ``UNLABELLED``).
+
+        Their number ramps linearly over the teacher's warm-up, as its predictions (their targets) mature.
+        """
+        count = round(self.config.unlabelled_batch * self.distill.warmup_fraction) if self.distill else 0
+        if not count:
+            return x, y
+        pool = self.splits.unlabelled
+        pick = torch.randint(len(pool), (count,), generator=self.unlabelled_generator)
+        return torch.cat([x, pool[pick].to(x.dtype)]), torch.cat([y, torch.full((count,), UNLABELLED, dtype=y.dtype)])
 
     def evaluate(self, row: Dict[str, Any]) -> None:
         """Add validation (if any) and test accuracy and loss to ``row``, on every ``eval_every``-th epoch."""

@@ -120,7 +120,7 @@ def report(model, splits, *, ood: Optional[Dataset] = None, eps: Optional[float]
         "ece": 100.0 * expected_calibration_error(probs, test["labels"], n_bins=15),
     }
     # Attacks perturb input values; node indices (graph data) have none to perturb.
-    if splits.input_dtype.is_floating_point:
+    if getattr(splits, "input_dtype", torch.float32).is_floating_point:
         out.update(robustness(model, splits, eps=eps, pgd_steps=pgd_steps, limit=attack_limit, device=device,
                               seed=seed))
     # The default OOD set shuffles positions; rows of a table have none, so there is no default OOD set for them.

@@ -86,7 +86,7 @@ def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Se
     for entry in entries:
         label, method, args, distill, ours = entry.label, entry.method, entry.method_args, entry.distill, entry.ours
         for seed in range(first_seed, first_seed + seeds):
-            config = replace(base, method=method, method_args=dict(args), distill=distill, seed=seed,
+            config = replace(base, method=method, method_args=dict(args), distill=distill, seed=seed, **entry.config,
                              out_dir=str(out_dir / "runs" / f"{method}-{seed}"), checkpoint=False, progress=False)
             t0 = time.perf_counter()
             trainer = Trainer(config)
@@ -101,7 +101,7 @@ def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Se
             runs.append({"label": label, "method": method, "ours": ours, "seed": seed,
                          "test_accuracy": final["test_accuracy"], "epoch": final["epoch"],
                          "test_accuracy_last": summary["final"]["test_accuracy"], "time_s": time.perf_counter() - t0,
-                         "method_args": args, "distill": distill,
+                         "method_args": args, "distill": distill, "config": dict(entry.config),
                          **{k: v for k, v in extra.items() if k in EXTRA_COLUMNS}})
             pgd = f"PGD error {extra['pgd_error']:.1f}%, " if "pgd_error" in extra else ""
             log(f"{label:30s} seed {seed}: test accuracy {final['test_accuracy']:.2f}%, {pgd}ECE {extra['ece']:.2f}%  "

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ..engine.config import CONFIG_DIR, read_yaml
+from ..engine.config import CONFIG_DIR, TrainConfig, read_yaml
 from ..methods import METHODS, distill_settings, method_settings, methods_taking
 from ..methods.settings import check_settings
 
-__all__ = ["BenchEntry", "TuneSpec", "Candidate", "ENTRIES_PATH", "GRID_PATH", "load_entries", "load_grid",
-           "bench_file"]
+__all__ = ["BenchEntry", "TuneSpec", "Candidate", "ENTRIES_PATH", "GRID_PATH", "ENTRY_CONFIG_KEYS", "load_entries",
+           "load_grid", "bench_file"]
 
 ENTRIES_PATH = CONFIG_DIR / "bench" / "entries.yaml"
 GRID_PATH = CONFIG_DIR / "bench" / "grid.yaml"
@@ -28,13 +28,18 @@ Candidate = Tuple[Dict[str, Any], Optional[Dict[str, Any]]]  # (method_args, dis
 
 @dataclass(frozen=True)
 class BenchEntry:
-    """One row of the comparison: a label, a method with its settings, optional self-distillation."""
+    """One row of the comparison: a label, a method with its settings, optional self-distillation.
+
+    ``config`` holds the training settings this entry changes from the bench's recipe (only
+    :data:`ENTRY_CONFIG_KEYS`: ``unlabelled_batch`` for a semi-supervised entry).
+    """
 
     label: str
     method: str
     method_args: Dict[str, Any] = field(default_factory=dict)
     distill: Optional[Dict[str, Any]] = None
     ours: bool = False
+    config: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,25 @@ class TuneSpec:
     ours: bool = False
     inherit: Optional[str] = None  # label whose tuned method_args each candidate starts from
     fixed: Dict[str, Any] = field(default_factory=dict)  # method_args common to every candidate
+    config: Dict[str, Any] = field(default_factory=dict)  # training settings of every candidate (ENTRY_CONFIG_KEYS)
+
+
+# Training settings an entry may set beside its method: what defines the method's training signal, never the
+# budget (epochs, data, network), so that every entry of one comparison keeps the same budget.
+ENTRY_CONFIG_KEYS = ("unlabelled_batch",)
+
+
+def _config(values: Any, where: str) -> Dict[str, Any]:
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(ENTRY_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"{where} config has keys {unknown} an entry may not set; it may set: "
+                         f"{', '.join(ENTRY_CONFIG_KEYS)}")
+    hints = {f.name: f.type for f in fields(TrainConfig)}
+    for key, value in values.items():
+        if hints[key] == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{where} config {key} must be an integer >= 0, got {value!r}")
+    return values
 
 
 def _check_method(item: Mapping[str, Any], where: str) -> str:
@@ -103,7 +127,8 @@ def load_entries(path: Path = ENTRIES_PATH) -> List[BenchEntry]:
         _check_keys(item, BenchEntry, where)
         method = _check_method(item, where)
         entries.append(BenchEntry(item["label"], method, _args(item.get("method_args"), method, where),
-                                  _distill(item.get("distill"), where), bool(item.get("ours", False))))
+                                  _distill(item.get("distill"), where), bool(item.get("ours", False)),
+                                  _config(item.get("config"), where)))
     return entries
 
 
@@ -126,5 +151,5 @@ def load_grid(path: Path = GRID_PATH) -> List[TuneSpec]:
         if inherit is not None and inherit not in [s.label for s in specs]:
             raise ValueError(f"{where} inherits from {inherit!r}, which must be listed before it")
         specs.append(TuneSpec(item["label"], method, candidates, bool(item.get("ours", False)), inherit,
-                              _args(item.get("fixed"), method, f"{where} fixed")))
+                              _args(item.get("fixed"), method, f"{where} fixed"), _config(item.get("config"), where)))
     return specs

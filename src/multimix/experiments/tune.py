@@ -78,7 +78,7 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
             accuracies = []
             for s in range(seeds):
                 seed = TUNING_SEED_OFFSET + s
-                config = replace(base, method=spec.method, method_args=dict(args), distill=distill, seed=seed,
+                config = replace(base, method=spec.method, method_args=dict(args), distill=distill, seed=seed, **spec.config,
                                  out_dir=str(out_dir / "tuning-runs" / f"{spec.method}-{index}-{seed}"),
                                  checkpoint=False, progress=False).validate()
                 trainer = Trainer(config)
@@ -86,6 +86,7 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
                 sizes = data_sizes(trainer.splits)
             record = {"label": spec.label, "method": spec.method, "ours": spec.ours, "candidate": index,
                       "name": candidate_name(own_args, distill), "method_args": args, "distill": distill,
+                      "config": dict(spec.config),
                       "val_accuracies": accuracies, "val_mean": float(np.mean(accuracies)),
                       "val_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else float("nan")}
             records.append(record)
@@ -95,7 +96,8 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
                 best = record
         best["chosen"] = True
         chosen_args[spec.label] = best["method_args"]
-        entries.append(BenchEntry(spec.label, spec.method, best["method_args"], best["distill"], spec.ours))
+        entries.append(BenchEntry(spec.label, spec.method, best["method_args"], best["distill"], spec.ours,
+                                  dict(spec.config)))
     result = {"records": records, "seeds": [TUNING_SEED_OFFSET + s for s in range(seeds)],
               "setting": {**{k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")},
                           **sizes},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from .base import ERM, Method
+from .base import ERM, UNLABELLED, Method
 from .distill import SelfDistillation
 from .mixupe import MixupE
 from .multimix import DenseMultiMixMethod, MultiMixMethod
@@ -12,7 +12,7 @@ from .pairwise import CutMix, InputMixup, ManifoldMixup, PairwiseMix
 from .settings import Setting, settings_of
 
 __all__ = [
-    "Method", "ERM", "PairwiseMix", "InputMixup", "CutMix", "ManifoldMixup", "MixupE",
+    "Method", "ERM", "UNLABELLED", "PairwiseMix", "InputMixup", "CutMix", "ManifoldMixup", "MixupE",
     "MultiMixMethod", "DenseMultiMixMethod", "SelfDistillation", "METHODS", "create_method",
     "method_settings", "distill_settings", "methods_taking", "Setting",
 ]

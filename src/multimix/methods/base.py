@@ -2,7 +2,10 @@
 
 A method takes a model that follows :mod:`multimix.contract` (``encode``,
 ``pool``, ``head``), an input batch x (m, ...) and labels y (integer (m,) or
-soft (m, c)), and returns a 0-d loss to back-propagate. Each method states
+soft (m, c)), and returns a 0-d loss to back-propagate. An integer label
+``UNLABELLED`` (−1) marks an unlabelled example (semi-supervised training):
+its target is the self-distillation teacher's prediction, so such batches
+need ``distill``; every method then mixes it like any other example. Each method states
 where it mixes (``mixes_at``: ``"none"``, ``"input"``, ``"hidden"`` or
 ``"embedding"``). After each optimiser step call ``method.update(model)``: it
 advances the EMA teacher when self-distillation is on and is a no-op otherwise.
@@ -21,7 +24,9 @@ from ..contract import check_mixable, num_classes_of
 from .distill import SelfDistillation
 from .settings import Setting, settings_of
 
-__all__ = ["Method", "ERM"]
+__all__ = ["Method", "ERM", "UNLABELLED"]
+
+UNLABELLED = -1  # the integer label of an unlabelled example
 
 
 class Method:
@@ -77,11 +82,18 @@ class Method:
             raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
         check_mixable(model)
         num_classes = self.num_classes or num_classes_of(model)
+        unlabelled = None
+        if isinstance(y, Tensor) and not y.is_floating_point() and y.dim() == 1 and bool((y == UNLABELLED).any()):
+            if self.distill is None:
+                raise ValueError(f"y marks {int((y == UNLABELLED).sum())} examples unlabelled ({UNLABELLED}); their "
+                                 "targets come from a teacher: pass distill=SelfDistillation(model)")
+            unlabelled = (y == UNLABELLED).to(x.device)
+            y = y.clamp(min=0)  # a placeholder class: the teacher's prediction replaces these rows
         hard = MF.as_soft_targets(y, num_classes, batch_size=x.shape[0], label_smoothing=self.label_smoothing)
         hard = hard.to(x.device)
         if self.distill is None:
             return hard
-        return self.distill.targets(x, hard, dense=dense)
+        return self.distill.targets(x, hard, dense=dense, unlabelled=unlabelled)
 
     def update(self, model) -> None:
         """Call after each optimiser step (advances the EMA teacher if any)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -78,11 +78,14 @@ class SelfDistillation:
                 f"warmup_steps={self.warmup_steps})")
 
     @property
+    def warmup_fraction(self) -> float:
+        """How far the warm-up is: min(1, updates / warmup_steps) (1 without warm-up)."""
+        return 1.0 if self.warmup_steps == 0 else min(1.0, self.updates / self.warmup_steps)
+
+    @property
     def current_weight(self) -> float:
-        """The blend used now: ``weight`` · min(1, updates / warmup_steps)."""
-        if self.warmup_steps == 0:
-            return self.weight
-        return self.weight * min(1.0, self.updates / self.warmup_steps)
+        """The blend used now: ``weight`` · :attr:`warmup_fraction`."""
+        return self.weight * self.warmup_fraction
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -111,16 +114,23 @@ class SelfDistillation:
         logits = teacher.head(teacher.pool(features))
         return torch.softmax(logits.float() / self.temperature, dim=1)
 
-    def targets(self, x: Tensor, hard: Tensor, *, dense: bool = False) -> Tensor:
-        """Blend hard targets (m, c) with the teacher's: (m, c) or (m, c, *spatial)."""
+    def targets(self, x: Tensor, hard: Tensor, *, dense: bool = False, unlabelled: Optional[Tensor] = None) -> Tensor:
+        """Blend hard targets (m, c) with the teacher's: (m, c) or (m, c, *spatial).
+
+        ``unlabelled`` (m,) bool marks rows without a label: their target is the teacher's prediction alone
+        (weight 1, also during the warm-up; the trainer ramps how many such rows join a batch instead).
+        """
         weight = self.current_weight
-        if weight == 0.0:
+        if weight == 0.0 and unlabelled is None:
             return hard
         soft = self.predict(x, dense=dense)
         if soft.shape[1] != hard.shape[1]:
             raise ValueError(f"teacher predicts {soft.shape[1]} classes but the targets have {hard.shape[1]}")
         hard = hard.view(*hard.shape, *([1] * (soft.dim() - 2)))
-        return (1.0 - weight) * hard + weight * soft
+        blended = (1.0 - weight) * hard + weight * soft
+        if unlabelled is None:
+            return blended
+        return torch.where(unlabelled.view(-1, *([1] * (soft.dim() - 1))), soft, blended)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"teacher": self.teacher.state_dict(), "updates": self.updates}

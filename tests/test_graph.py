@@ -244,11 +244,7 @@ def test_an_empty_folder_lists_every_file(tmp_path):
 
 
 @pytest.mark.parametrize("name", [
-    "allx", "x", "y", "ty", "graph",
-    pytest.param("test.index", marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="library bug: graph.py passes test.index to PyG unchecked; a cut-short test.index loads silently "
-               "with fewer test nodes and misplaced tx/ty rows (len(test.index) != rows of tx is not checked)")),
+    "allx", "x", "y", "ty", "graph", "test.index",
 ])
 def test_a_truncated_file_is_a_one_line_value_error(cora_copy, name):
     path = cora_copy / "Cora" / "raw" / f"ind.cora.{name}"
@@ -259,7 +255,7 @@ def test_a_truncated_file_is_a_one_line_value_error(cora_copy, name):
     except ValueError as caught:
         message = str(caught)
         assert "\n" not in message and str(cora_copy / "Cora" / "raw") in message
-        assert "cannot read" in message
+        assert "cannot read" in message or ("test.index" in message and "is the file complete" in message)
     else:
         raise AssertionError(f"a truncated ind.cora.{name} loaded: {len(result.test)} test nodes")
 
@@ -321,7 +317,8 @@ def test_layer_zero_is_the_feature_row_and_float_rows_take_the_shared_mlp(splits
         hidden = F.relu(x[idx] @ linear.weight.T + linear.bias)
         torch.testing.assert_close(model.encode(x[idx], 0, 1), hidden)
         torch.testing.assert_close(model(x[idx]), hidden @ head.weight.T + head.bias)
-        torch.testing.assert_close(model.head(model.encode(model.encode(idx, 0, 1), 1)), head(hidden))
+        # integer inputs take the graph path for the whole range: layer 1 of a node is its propagated embedding
+        torch.testing.assert_close(model.head(model.encode(model.encode(idx, 0, 1), 1)), model(idx))
         assert not torch.allclose(model(x[idx]), model(idx), atol=1e-3)  # the graph path propagates, the MLP not
         assert model.encode(idx).shape == (4, 16)
 
@@ -414,12 +411,12 @@ def test_every_node_method_gives_a_finite_loss_and_gradients_on_every_parameter(
     for param_name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), param_name
         assert param.grad.abs().sum() > 0, param_name
-    if distilled:  # the teacher's targets differ from the hard ones: the loss is not the hard-target loss
-        plain = create_method(name, num_classes=NUM_CLASSES, generator=torch.Generator().manual_seed(0), **args)
-        torch.manual_seed(0)
+    if distilled:  # the same draws with and without the teacher: its soft targets change the loss
         model.eval()
         with torch.no_grad():
-            assert not torch.isclose(plain(model, x, y), method(model, x, y))
+            losses = [create_method(name, num_classes=NUM_CLASSES, generator=torch.Generator().manual_seed(0),
+                                    distill=teacher, **args)(model, x, y) for teacher in (distill, None)]
+        assert not torch.isclose(*losses)
 
 
 def test_input_mixup_mixes_feature_rows_like_manifold_mixup_at_layer_zero(splits):
@@ -452,7 +449,8 @@ def test_input_mixup_mixes_feature_rows_like_manifold_mixup_at_layer_zero(splits
 
 
 def test_self_distillation_moves_the_teachers_weights_and_leaves_its_graph_alone(splits):
-    student = _gcn(splits)
+    torch.manual_seed(0)  # a student on its own copy of the features (the model holds the tensor it is given)
+    student = GCN(splits.graph["features"].clone(), splits.graph["edge_index"], NUM_CLASSES)
     distill = SelfDistillation(student, momentum=0.75, warmup_steps=0)
     teacher = distill.teacher
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -479,7 +477,7 @@ def test_self_distillation_moves_the_teachers_weights_and_leaves_its_graph_alone
 
 def gcn_config(cora, out: Path, **kw) -> TrainConfig:
     base = dict(dataset="planetoid:Cora", data_dir=str(cora.root), model="gcn", batch_size=None, optimizer="adam",
-                lr=0.05, weight_decay=5e-4, epochs=8, schedule="constant", select="best_val", device="cpu",
+                lr=0.1, weight_decay=5e-4, epochs=8, schedule="constant", select="best_val", device="cpu",
                 progress=False, out_dir=str(out))
     base.update(kw)
     return TrainConfig(**base)
@@ -507,7 +505,7 @@ def test_full_batch_adam_run_selects_the_best_validation_epoch(best_val_run):
     assert isinstance(trainer.optimizer, torch.optim.Adam)
     history = trainer.history
     assert [row["epoch"] for row in history] == list(range(1, 9))
-    assert all(row["lr"] == 0.05 for row in history)  # constant schedule
+    assert all(row["lr"] == 0.1 for row in history)  # constant schedule
     best = history[0]
     for row in history[1:]:  # the first epoch of the highest val accuracy, ties to the lower val loss
         if (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
@@ -516,6 +514,27 @@ def test_full_batch_adam_run_selects_the_best_validation_epoch(best_val_run):
     assert best["epoch"] != 8 and best["val_accuracy"] > history[-1]["val_accuracy"]  # selection matters here
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["selected"]["epoch"] == best["epoch"] and on_disk["final"]["epoch"] == 8
+
+
+def test_ties_in_validation_accuracy_go_to_the_lower_loss_and_the_first_epoch(cora, tmp_path):
+    trainer = Trainer(gcn_config(cora, tmp_path / "run"))
+    trainer.model = torch.nn.Linear(2, 1)
+    snapshots = {}
+    for epoch, (accuracy, loss) in enumerate([(50.0, 1.0), (60.0, 0.9), (60.0, 0.8), (60.0, 0.85), (60.0, 0.8),
+                                               (40.0, 0.1)], start=1):
+        with torch.no_grad():
+            trainer.model.weight.fill_(epoch)
+        snapshots[epoch] = trainer.model.weight.clone()
+        trainer.track_best({"epoch": epoch, "val_accuracy": accuracy, "val_loss": loss, "test_accuracy": 0.0})
+        trainer.history.append({"epoch": epoch})
+    assert trainer.selected["epoch"] == 3
+    assert torch.equal(trainer.best["state"]["weight"], snapshots[3])
+    last = Trainer(gcn_config(cora, tmp_path / "last", select="last"))
+    last.model = torch.nn.Linear(2, 1)
+    last.track_best({"epoch": 1, "val_accuracy": 90.0, "val_loss": 0.1})
+    last.history.append({"epoch": 1, "val_accuracy": 90.0})
+    last.history.append({"epoch": 2, "val_accuracy": 10.0})
+    assert last.best is None and last.selected["epoch"] == 2
 
 
 def test_the_trained_model_is_the_selected_epochs_model(best_val_run, cora, tmp_path):
@@ -527,7 +546,7 @@ def test_the_trained_model_is_the_selected_epochs_model(best_val_run, cora, tmp_
     assert val["loss"] == pytest.approx(selected["val_loss"], rel=1e-5)
     assert test["accuracy"] == pytest.approx(selected["test_accuracy"], abs=1e-9)
     # last.pt keeps the last epoch's weights (what --resume continues from)
-    last = GCN(cora_features(trainer), trainer.splits.graph["edge_index"], NUM_CLASSES)
+    last = GCN(trainer.splits.graph["features"], trainer.splits.graph["edge_index"], NUM_CLASSES)
     last.load_state_dict(load_checkpoint(out / "last.pt")["model"])
     assert evaluate(last, trainer.splits.val)["accuracy"] == pytest.approx(final["val_accuracy"], abs=1e-9)
     # an independent replay: a run of only `selected` epochs (the constant schedule does not depend on their number)
@@ -537,14 +556,12 @@ def test_the_trained_model_is_the_selected_epochs_model(best_val_run, cora, tmp_
         assert torch.equal(value, trainer.model.state_dict()[name]), name
 
 
-def cora_features(trainer):
-    return trainer.splits.graph["features"]
-
-
-def test_resuming_a_best_val_run_selects_the_same_epoch(best_val_run, cora, tmp_path):
+@pytest.mark.parametrize("stop", [3, 7])  # before the best epoch (7), and at it: the best must come from last.pt
+def test_resuming_a_best_val_run_selects_the_same_epoch(best_val_run, cora, tmp_path, stop):
     trainer, summary, _ = best_val_run
-    first = Trainer(gcn_config(cora, tmp_path / "split", stop_after_epochs=3)).run()
-    assert first["status"] == "stopped" and first["epochs_completed"] == 3
+    assert summary["selected"]["epoch"] == 7
+    first = Trainer(gcn_config(cora, tmp_path / "split", stop_after_epochs=stop)).run()
+    assert first["status"] == "stopped" and first["epochs_completed"] == stop
     resumed_trainer = Trainer(gcn_config(cora, tmp_path / "split", resume=True))
     resumed = resumed_trainer.run()
     assert resumed["status"] == "completed" and resumed["epochs_completed"] == 8
@@ -554,9 +571,6 @@ def test_resuming_a_best_val_run_selects_the_same_epoch(best_val_run, cora, tmp_
         assert torch.equal(value, trainer.model.state_dict()[name]), name
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="library gap: load_trained (and `multimix eval`) load last.pt's last-epoch weights, not the "
-                          "weights select='best_val' made the run's result (kept only as last.pt['best']['state'])")
 def test_load_trained_gives_the_selected_model_of_a_best_val_run(best_val_run):
     from multimix.engine import load_trained
 
@@ -614,6 +628,6 @@ def test_report_on_a_gcn_skips_attacks_and_the_default_ood_set(best_val_run):
     assert {"accuracy", "ece", "alignment", "uniformity", "class_distance_ratio", "_predictions"} <= set(result)
     assert not {"pgd_error", "fgsm_error", "clean_error", "eps"} & set(result)
     assert not [k for k in result if "auroc" in k or "fpr95" in k]
-    assert result["accuracy"] == pytest.approx(summary["selected"]["test_accuracy"], abs=1e-9)
+    assert result["accuracy"] == pytest.approx(summary["selected"]["test_accuracy"], abs=1e-4)  # float32 mean
     assert all(np.isfinite(result[k]) for k in ("ece", "alignment", "uniformity", "class_distance_ratio"))
     assert result["_predictions"]["embeddings"].shape == (NUM_TEST, 16)

@@ -97,9 +97,15 @@ def planetoid(root, name: str = "Cora", *, num_train: Optional[int] = None, num_
             f"`tar -xzf planetoid-{name.lower()}.tar.gz -C DIR` and pass --data-dir DIR, or pass --download")
     try:
         data = pyg.io.read_planetoid_data(str(raw), name.lower())
+        test_rows = pyg.io.planetoid.read_file(str(raw), name.lower(), "tx").size(0)
     except Exception as err:  # pickle and numpy errors of a truncated or foreign file
         raise ValueError(f"Planetoid {name}: cannot read the raw files in {raw} ({type(err).__name__}: {err}); "
                          "are they the Planetoid ind.* pickles, complete?") from err
+    index_file = raw / f"ind.{name.lower()}.test.index"
+    listed = len(index_file.read_text().split())
+    if listed != test_rows:  # a cut-short index would pair test nodes with the wrong feature and label rows
+        raise ValueError(f"Planetoid {name}: {index_file} lists {listed} test nodes but ind.{name.lower()}.tx has "
+                         f"{test_rows} rows; is the file complete?")
     data = pyg.transforms.NormalizeFeatures()(data)
     labels = data.y.long()
 

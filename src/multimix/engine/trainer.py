@@ -98,6 +98,8 @@ def build_data_and_model(config: TrainConfig, device) -> Tuple[Splits, torch.nn.
 def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Splits, torch.nn.Module]:
     """(config, splits, model with the checkpoint's weights) from a checkpoint written by the trainer.
 
+    The weights are the run's result: the last epoch's, or with ``select="best_val"`` the best validation epoch's.
+
     ``overrides`` replace config fields (e.g. ``data_dir`` when the data moved).
     """
     state = load_checkpoint(path)
@@ -113,7 +115,9 @@ def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Split
     # The device is where we load now, not where the checkpoint was trained (a GPU run evaluated on a laptop).
     config = dataclasses.replace(config, **{"device": str(device), **overrides}).validate()
     splits, model = build_data_and_model(config, resolve_device(device) if isinstance(device, str) else device)
-    load_into(model, state["model"], "model", Path(path))
+    # A select="best_val" run's result is its best validation epoch, kept beside the last epoch's weights.
+    best = state.get("best") if config.select == "best_val" else None
+    load_into(model, best["state"] if best else state["model"], "model", Path(path))
     return config, splits, model
 
 

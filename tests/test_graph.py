@@ -631,3 +631,55 @@ def test_report_on_a_gcn_skips_attacks_and_the_default_ood_set(best_val_run):
     assert result["accuracy"] == pytest.approx(summary["selected"]["test_accuracy"], abs=1e-4)  # float32 mean
     assert all(np.isfinite(result[k]) for k in ("ece", "alignment", "uniformity", "class_distance_ratio"))
     assert result["_predictions"]["embeddings"].shape == (NUM_TEST, 16)
+
+
+@pytest.mark.parametrize("graph", ["CiteSeer", "PubMed"])
+def test_citeseer_and_pubmed_load_through_the_same_code(cora, splits, tmp_path, graph):
+    raw = tmp_path / graph / "raw"
+    raw.mkdir(parents=True)
+    for path in (cora.root / "Cora" / "raw").iterdir():
+        shutil.copy(path, raw / path.name.replace("ind.cora.", f"ind.{graph.lower()}."))
+    other = load_dataset(f"planetoid:{graph.lower()}", data_dir=str(tmp_path))
+    for name in ("train", "val", "test"):
+        assert torch.equal(nodes_of(getattr(other, name)), nodes_of(getattr(splits, name))), name
+        assert torch.equal(labels_of(getattr(other, name)), labels_of(getattr(splits, name))), name
+    assert torch.equal(other.graph["features"], splits.graph["features"])
+    assert torch.equal(other.graph["edge_index"], splits.graph["edge_index"])
+
+
+def test_unlabelled_batches_ramp_up_over_the_teachers_warm_up(cora, splits, tmp_path, monkeypatch):
+    from multimix.methods import UNLABELLED
+
+    seen = []
+    config = gcn_config(cora, tmp_path / "semi", epochs=4, method="multimix", method_args={"n": 32},
+                        distill={"momentum": 0.9, "temperature": 0.5, "weight": 0.0, "warmup_steps": 2},
+                        unlabelled_batch=20, checkpoint=False)
+    trainer = Trainer(config)
+    call = trainer.with_unlabelled
+
+    def spy(x, y):
+        x, y = call(x, y)
+        seen.append((x.clone(), y.clone()))
+        return x, y
+
+    monkeypatch.setattr(trainer, "with_unlabelled", spy)
+    summary = trainer.run()
+    assert summary["status"] == "completed"
+    labelled = len(splits.train)
+    # updates before each step: 0, 1, 2, 3 of a 2-step warm-up -> 0, 10, 20, 20 unlabelled nodes
+    assert [len(y) - labelled for _, y in seen] == [0, 10, 20, 20]
+    pool = set(splits.unlabelled.tolist())
+    train_nodes = set(nodes_of(splits.train).tolist())
+    for x, y in seen:
+        extra = x[labelled:].tolist()
+        assert (y[labelled:] == UNLABELLED).all() and set(extra) <= pool and not set(extra) & train_nodes
+        assert (y[:labelled] >= 0).all()
+
+
+def test_unlabelled_batch_needs_a_teacher_and_unlabelled_data(cora, tmp_path):
+    with pytest.raises(ValueError, match="unlabelled_batch .* needs distill"):
+        gcn_config(cora, tmp_path / "a", unlabelled_batch=8).validate()
+    mnist = TrainConfig(dataset="mnist1d", data_dir=str(tmp_path / "m"), num_train=64, num_test=32, epochs=1,
+                        batch_size=16, distill={}, unlabelled_batch=8, progress=False, out_dir=str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="mnist1d has no unlabelled examples"):
+        Trainer(mnist).prepare()

@@ -337,3 +337,53 @@ def test_manifold_layers_of_preact_resnet_follow_the_paper():
             assert gap <= 1e-5 * spread.clamp_min(1.0)
         else:
             assert gap > 1e-2 * spread, f"layer {k} behaves like input mixup (gap {gap:.2e}, spread {spread:.2e})"
+
+
+# ------------------------------------------------------------------ semi-supervised: label -1 = unlabelled
+
+def test_unlabelled_rows_take_the_teachers_prediction(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    y = y.clone()
+    y[[1, 4, 6]] = multimix.UNLABELLED
+    distill = multimix.SelfDistillation(tiny_model, temperature=0.5, weight=0.25, warmup_steps=0)
+    targets = make("erm", distill=distill, num_classes=4).targets(tiny_model, x, y)
+    with torch.no_grad():
+        teacher = torch.softmax(distill.teacher(x) / 0.5, 1)
+    labelled = y != multimix.UNLABELLED
+    torch.testing.assert_close(targets[~labelled], teacher[~labelled])
+    torch.testing.assert_close(targets[labelled], 0.75 * MF.as_soft_targets(y[labelled], 4) + 0.25 * teacher[labelled])
+
+
+def test_unlabelled_rows_use_the_teacher_also_during_the_warm_up(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    y = y.clone()
+    y[0] = multimix.UNLABELLED
+    distill = multimix.SelfDistillation(tiny_model, temperature=1.0, weight=0.5, warmup_steps=100)
+    assert distill.current_weight == 0.0 and distill.warmup_fraction == 0.0
+    targets = make("erm", distill=distill, num_classes=4).targets(tiny_model, x, y)
+    with torch.no_grad():
+        teacher = torch.softmax(distill.teacher(x[:1]), 1)
+    torch.testing.assert_close(targets[:1], teacher)
+    torch.testing.assert_close(targets[1:], MF.as_soft_targets(y[1:], 4))  # labelled rows: no blend yet
+
+
+@pytest.mark.parametrize("name", ["erm", "mixup", "manifold_mixup", "multimix", "dense_multimix"])
+def test_every_method_mixes_unlabelled_rows(name, tiny_model, tiny_batch):
+    x, y = tiny_batch
+    y = y.clone()
+    y[::2] = multimix.UNLABELLED
+    distill = multimix.SelfDistillation(tiny_model, warmup_steps=0)
+    loss = make(name, distill=distill)(tiny_model, x, y)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_unlabelled_rows_without_a_teacher_are_refused(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    y = y.clone()
+    y[2] = multimix.UNLABELLED
+    with pytest.raises(ValueError, match="1 examples unlabelled.*distill=SelfDistillation"):
+        make("multimix")(tiny_model, x, y)
+    y[3] = -2  # not the unlabelled marker: still a bad label
+    with pytest.raises(ValueError, match="labels y must lie in"):
+        make("erm", distill=multimix.SelfDistillation(tiny_model), num_classes=4)(tiny_model, x, y)

@@ -17,7 +17,7 @@ from .contract import MixableClassifier
 from .embedding import DenseMultiMix, MultiMix
 from .methods import (
     ERM, METHODS, CutMix, DenseMultiMixMethod, InputMixup, ManifoldMixup, Method, MixupE,
-    MultiMixMethod, SelfDistillation, create_method,
+    MultiMixMethod, SelfDistillation, UNLABELLED, create_method,
 )
 
 __version__ = "0.1.0"
@@ -25,5 +25,5 @@ __version__ = "0.1.0"
 __all__ = [
     "functional", "contract", "MixableClassifier", "MultiMix", "DenseMultiMix", "Method", "ERM",
     "InputMixup", "CutMix", "ManifoldMixup", "MixupE", "MultiMixMethod", "DenseMultiMixMethod",
-    "SelfDistillation", "METHODS", "create_method", "__version__",
+    "SelfDistillation", "UNLABELLED", "METHODS", "create_method", "__version__",
 ]

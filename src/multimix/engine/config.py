@@ -48,8 +48,9 @@ class TrainConfig:
 
     # data
     dataset: str = _field("mnist1d", "data", f"one of {', '.join(DATASETS)}")
-    data_dir: Optional[str] = _field(None, "data", "data root (ImageFolder tree with train/ and test/, or CIFAR root)")
-    download: bool = _field(False, "data", "download the data set (CIFAR, Adult, FSDD) if it is not there")
+    data_dir: Optional[str] = _field(None, "data", "data root (ImageFolder tree with train/ and test/, CIFAR root, the "
+                                                   "Adult CSVs, FSDD recordings, or DIR with Cora/raw/ind.cora.*)")
+    download: bool = _field(False, "data", "download the data set (CIFAR, Adult, FSDD, Planetoid) if it is not there")
     num_train: Optional[int] = _field(None, "data", "training subset size (default: all, 4000 for MNIST-1D)")
     num_test: Optional[int] = _field(None, "data", "test subset size")
     val_size: int = _field(0, "data", "examples held out from train for validation")
@@ -57,10 +58,10 @@ class TrainConfig:
     augment: bool = _field(True, "data", "random crop and flip for image training data")
     # model and method
     model: str = _field("cnn1d", "model and method",
-                        "cnn1d, preact_resnet18, preact_resnet_small, mlp, speech_cnn, resnet18..resnet152, "
-                        "timm:<name>")
+                        "cnn1d, preact_resnet18, preact_resnet_small, mlp, speech_cnn, gcn (graphs), "
+                        "resnet18..resnet152, timm:<name>")
     width: Optional[int] = _field(None, "model and method", "channels of cnn1d / first-group width of PreActResNets / width "
-                                                         "of mlp and speech_cnn")
+                                                         "of mlp and speech_cnn / hidden units of gcn")
     method: str = _field("erm", "model and method", f"one of {', '.join(METHODS)}")
     method_args: Dict[str, Any] = _field(dict, "model and method", "the method's settings (see the method flags)")
     distill: Optional[Dict[str, Any]] = _field(None, "model and method",

@@ -88,7 +88,7 @@ class Method:
                 raise ValueError(f"y marks {int((y == UNLABELLED).sum())} examples unlabelled ({UNLABELLED}); their "
                                  "targets come from a teacher: pass distill=SelfDistillation(model)")
             unlabelled = (y == UNLABELLED).to(x.device)
-            y = y.clamp(min=0)  # a placeholder class: the teacher's prediction replaces these rows
+            y = y.masked_fill(y == UNLABELLED, 0)  # a placeholder class: the teacher's prediction replaces these rows
         hard = MF.as_soft_targets(y, num_classes, batch_size=x.shape[0], label_smoothing=self.label_smoothing)
         hard = hard.to(x.device)
         if self.distill is None:

@@ -683,3 +683,20 @@ def test_unlabelled_batch_needs_a_teacher_and_unlabelled_data(cora, tmp_path):
                         batch_size=16, distill={}, unlabelled_batch=8, progress=False, out_dir=str(tmp_path / "b"))
     with pytest.raises(ValueError, match="mnist1d has no unlabelled examples"):
         Trainer(mnist).prepare()
+
+
+def test_only_the_first_gcn_layer_is_weight_decayed(cora, tmp_path):
+    from multimix.engine.trainer import parameter_groups
+
+    trainer = Trainer(gcn_config(cora, tmp_path / "wd", checkpoint=False)).prepare()
+    groups = trainer.optimizer.param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] == 5e-4 for p in g["params"]}
+    free = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    model = trainer.model
+    assert decayed == {id(p) for p in model.stages.parameters()}
+    assert free == {id(p) for p in model.head.parameters()}
+    plain = torch.nn.Linear(3, 2)
+    assert [len(g["params"]) for g in parameter_groups(plain, 0.1)] == [2]  # no no_weight_decay(): one group
+    plain.no_weight_decay = lambda: {"bias", "scale"}
+    with pytest.raises(ValueError, match=r"unknown parameters \['scale'\]"):
+        parameter_groups(plain, 0.1)

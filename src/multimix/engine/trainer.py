@@ -49,7 +49,7 @@ from .logging import MetricsLogger, ProgressBar, format_row
 from .signals import StopRequest
 
 __all__ = ["Trainer", "train", "NonFiniteLossError", "Interrupted", "config_differences", "Processes", "resolve_device", "build_data_and_model",
-           "load_trained", "epoch_seed", "run_in_processes", "check_writable"]
+           "load_trained", "epoch_seed", "run_in_processes", "check_writable", "parameter_groups"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,6 +78,19 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """The seed of every random draw of one epoch of one process (rank 0: the single-process stream)."""
     base = (seed * 1_000_003 + epoch * 7919 + 1) % (2**63 - 1)
     return (base + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    """Optimiser parameter groups: ``weight_decay`` for every parameter except those the model names in
+    ``no_weight_decay()`` (timm's convention; the GCN decays its first layer only, as Kipf & Welling do)."""
+    skip = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
+    named = list(model.named_parameters())
+    unknown = skip - {name for name, _ in named}
+    if unknown:
+        raise ValueError(f"{type(model).__name__}.no_weight_decay() names unknown parameters {sorted(unknown)}")
+    groups = [{"params": [p for n, p in named if n not in skip], "weight_decay": weight_decay},
+              {"params": [p for n, p in named if n in skip], "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 def build_data_and_model(config: TrainConfig, device) -> Tuple[Splits, torch.nn.Module]:
@@ -222,12 +235,12 @@ class Trainer:
             raise ValueError(f"batch_size ({self.batch_size}{across}) is larger than the training set "
                              f"({len(self.splits.train)})")
         self.steps_per_epoch = (len(self.splits.train) // world) // self.batch_size
+        groups = parameter_groups(self.model, config.weight_decay)
         if config.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            self.optimizer = torch.optim.Adam(groups, lr=config.lr)
         else:
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                             nesterov=config.nesterov and config.momentum > 0,
-                                             weight_decay=config.weight_decay)
+            self.optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                                             nesterov=config.nesterov and config.momentum > 0)
         self.scheduler = self.make_scheduler(start_step=0)
         self.use_amp = config.amp and device.type == "cuda"
         if self.procs.distributed and getattr(self.method, "mix_scope", "local") == "global" and self.procs.main:

@@ -29,6 +29,8 @@ the graph path for the full range (``encode(x)``), float inputs the MLP path.
 
 from __future__ import annotations
 
+from typing import Set
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -139,6 +141,10 @@ class GCN(MixableClassifier):
                 return self.propagated()[x]
             x = self.features[x]  # layer 0 of a node: its feature row
         return super().encode(x, start, end)
+
+    def no_weight_decay(self) -> Set[str]:
+        """The second layer (the head) is not weight-decayed: Kipf & Welling regularise the first layer only."""
+        return {"head.weight", "head.bias"}
 
     def extra_repr(self) -> str:
         return f"nodes={self.num_nodes}, features={self.num_features}, hidden={self.hidden}, dropout={self.dropout}"

@@ -579,6 +579,29 @@ def test_load_trained_gives_the_selected_model_of_a_best_val_run(best_val_run):
     assert evaluate(model, splits.val)["accuracy"] == pytest.approx(summary["selected"]["val_accuracy"], abs=1e-9)
 
 
+def test_bench_reports_the_best_validation_epoch_of_a_best_val_recipe(best_val_run, cora, tmp_path, capsys):
+    """``bench`` evaluates once per run to save time, except where the recipe selects the best validation epoch:
+    there it keeps the recipe's per-epoch evaluations, so its number is the trainer's selected epoch, not the last."""
+    import yaml
+
+    from multimix.cli import main
+
+    trainer, summary, _ = best_val_run
+    recipe = {k: v for k, v in dataclasses.asdict(trainer.config).items()
+              if k in ("dataset", "model", "batch_size", "optimizer", "lr", "weight_decay", "epochs", "schedule",
+                       "select", "seed", "eval_every")}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    code = main(["bench", "--config", str(tmp_path / "recipe.yaml"), "--data-dir", str(cora.root), "--methods", "ERM",
+                 "--seeds", "1", "--first-seed", str(trainer.config.seed), "--out-dir", str(tmp_path / "bench")])
+    assert code == 0
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert results["setting"]["eval_every"] == trainer.config.eval_every == 1
+    (run,) = results["runs"]
+    assert run["epoch"] == summary["selected"]["epoch"] != 8
+    assert run["test_accuracy"] == pytest.approx(summary["selected"]["test_accuracy"], abs=1e-9)
+    assert run["test_accuracy_last"] == pytest.approx(summary["final"]["test_accuracy"], abs=1e-9)
+
+
 @pytest.mark.parametrize("name, args, distill", [
     ("mixup", {}, None),
     ("manifold_mixup", {"layers": [0, 1]}, None),

@@ -200,7 +200,9 @@ def run_bench_command(args) -> int:
                                        ("num_test", args.num_test), ("val_size", args.val_size),
                                        ("data_dir", args.data_dir)) if v is not None}
         base = replace(base, **overrides)
-        base = replace(base, eval_every=base.epochs).validate()  # evaluate once, at the end of each run
+        if base.select == "last":  # evaluate once, at the end of each run; best_val needs the recipe's evaluations
+            base = replace(base, eval_every=base.epochs)
+        base = base.validate()
         if args.tune:
             grid = keep_methods(load_grid(bench_file(args.grid) if args.grid else GRID_PATH), args.methods, "bench methods")
             if base.val_size < 1:

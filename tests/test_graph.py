@@ -600,6 +600,10 @@ def test_bench_reports_the_best_validation_epoch_of_a_best_val_recipe(best_val_r
     assert run["epoch"] == summary["selected"]["epoch"] != 8
     assert run["test_accuracy"] == pytest.approx(summary["selected"]["test_accuracy"], abs=1e-9)
     assert run["test_accuracy_last"] == pytest.approx(summary["final"]["test_accuracy"], abs=1e-9)
+    table = (tmp_path / "bench" / "results.md").read_text()
+    assert "at the best validation epoch" in table and "last epoch (%)" in table
+    assert f"{summary['final']['test_accuracy']:.2f} |" in table.splitlines()[4]  # the ERM row's last column
+    assert "Not measured here: attacks" in table and "FGSM" not in table
 
 
 @pytest.mark.parametrize("name, args, distill", [

@@ -10,18 +10,28 @@ must end up with the same seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from multimix.engine import TrainConfig
 from multimix.experiments.bench import DEFAULT_ENTRIES, summarise, write_results
+
+# A setting written before a field existed ran with that field's default (e.g. optimizer "sgd", select "last").
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
+def completed(setting: dict) -> dict:
+    """``setting`` with the fields it predates filled in with their defaults."""
+    return {**{k: v for k, v in DEFAULTS.items() if k not in ("out_dir", "progress", "checkpoint")}, **setting}
 
 
 def main(out_dir: str, *inputs: str, only=None) -> None:
     loaded = [json.loads(Path(p).read_text()) for p in inputs]
-    setting = loaded[0]["setting"]
+    setting = completed(loaded[0]["setting"])
     for other, path in zip(loaded[1:], inputs[1:]):
-        if other["setting"] != setting:
+        if completed(other["setting"]) != setting:
             raise ValueError(f"{path}: setting differs from {inputs[0]}")
     runs, seen = [], set()
     for results in loaded:

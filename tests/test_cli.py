@@ -149,7 +149,7 @@ def test_bench_without_matplotlib_writes_tables_and_says_so(tmp_path, capsys, mo
                  "--num-test", "128", "--attack-limit", "16", "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "plots skipped" in printed and (out / "results.md").exists() and not (out / "results.png").exists()
-    assert "256 train / 128 test" in (out / "results.md").read_text()  # the sizes used, never "None"
+    assert "256 train / 5000 validation / 128 test" in (out / "results.md").read_text()  # the sizes used, never "None"
 
 
 def test_an_unexpected_error_keeps_its_traceback(tmp_path, monkeypatch):

@@ -85,7 +85,8 @@ def speaker_table(runs, baseline: str) -> str:
     results.md are not independent; this is the conservative reading."""
     labels = list(dict.fromkeys(r["label"] for r in runs))
     folds = list(dict.fromkeys(r["fold"] for r in runs))
-    mean = {(label, fold): float(np.mean([r["test_accuracy"] for r in runs if r["label"] == label and r["fold"] == fold]))
+    mean = {(label, fold): float(np.mean([r["test_accuracy"] for r in runs
+                                          if r["label"] == label and r["fold"] == fold]))
             for label in labels for fold in folds}
     lines = [f"Speaker as the unit: {len(folds)} paired differences (fold means over seeds) against {baseline}.", "",
              "| method | mean over speakers | Δ vs " + baseline + " [95% CI] | p |", "|---|---|---|---|"]

@@ -107,6 +107,18 @@ def test_bad_grid_specs_name_the_spec(tmp_path, text, match):
         load_grid(write(tmp_path, text, "grid.yaml"))
 
 
+@pytest.mark.parametrize("path", sorted(GRID_PATH.parent.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_bundled_bench_file_loads_and_builds_its_methods(path):
+    """Grids (``*grid*.yaml``) and entries files alike: every setting is checked against its method."""
+    if "grid" in path.stem:
+        assert load_grid(path)
+        return
+    for entry in load_entries(path):
+        distill = SelfDistillation(torch.nn.Linear(2, 10), **entry.distill) if entry.distill is not None else None
+        assert isinstance(create_method(entry.method, num_classes=10, distill=distill, **entry.method_args),
+                          METHODS[entry.method])
+
+
 def test_bundled_yaml_files_are_package_data():
     """Every YAML file the package reads (recipes, bench entries, grid) is shipped by a non-editable install."""
     tomllib = pytest.importorskip("tomllib")
@@ -120,7 +132,7 @@ def test_bundled_yaml_files_are_package_data():
     assert not missing, f"not in [tool.setuptools.package-data] of pyproject.toml: {missing}"
 
 
-@pytest.mark.parametrize("path", [GRID_PATH, GRID_PATH.with_name("tabular_grid.yaml")])
+@pytest.mark.parametrize("path", [GRID_PATH.with_name(f"{name}.yaml") for name in ("grid", "tabular_grid", "graph_grid")])
 def test_every_tuning_candidate_is_a_distinct_setting(path):
     """Candidates that differ only by restating a default would give a method fewer real candidates.
 

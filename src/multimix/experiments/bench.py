@@ -200,7 +200,8 @@ def evaluation_note(results: Dict[str, Any]) -> str:
 def write_results(results: Dict[str, Any], out_dir: Path) -> None:
     setting = results.get("setting", {})
     validation = f"{setting.get('val_size')} validation / " if setting.get("val_size") else ""
-    header = (f"{setting.get('dataset')} ({setting.get('num_train')} train / {validation}{setting.get('num_test')} test), "
+    header = (f"{setting.get('dataset')} ({setting.get('num_train')} train / {validation}"
+              f"{setting.get('num_test')} test), "
               f"{setting.get('model')} (width {setting.get('width')}), {setting.get('epochs')} epochs, "
               f"{results.get('seeds')} seeds; bold = ours.")
     evaluation = evaluation_table(results)

@@ -108,6 +108,48 @@ def test_leave_one_speaker_out(fsdd_root, cache):
     assert {_speaker(f) for f in named.test.files} == {"alice"}
 
 
+@pytest.fixture
+def three_speakers(fsdd_root):
+    """``fsdd_root`` plus a third speaker, carol (24 more files)."""
+    for digit in DIGITS:
+        for take in TAKES:
+            _write(fsdd_root / "recordings" / f"{digit}_carol_{take}.wav", digit, take, 2)
+    return fsdd_root
+
+
+def test_a_held_out_validation_speaker(three_speakers, cache):
+    """``loso=bob,val=carol``: carol's recordings are the validation set, bob's the test set, alice's train; the
+    standardisation uses alice's recordings only."""
+    splits = load_fsdd("fsdd:loso=bob, val=carol", data_dir=str(three_speakers), num_train=None, num_test=None,
+                       num_val=0)
+    assert {_speaker(f) for f in splits.train.files} == {"alice"} and len(splits.train) == 24
+    assert {_speaker(f) for f in splits.val.files} == {"carol"} and len(splits.val) == 24
+    assert {_speaker(f) for f in splits.test.files} == {"bob"} and len(splits.test) == 24
+    alone = fsdd(three_speakers, test_speaker="carol", num_val=0, cache_dir=cache)  # trains on alice and bob
+    assert not np.allclose(alone.train.mel_mean, splits.train.mel_mean)
+    x = splits.train.tensors[0]
+    assert torch.allclose(x.mean(dim=(0, 1, 3)), torch.zeros(40), atol=1e-4)
+    some = fsdd(three_speakers, test_speaker="bob", val_speaker="carol", num_val=5, seed=1, cache_dir=cache)
+    assert len(some.val) == 5 and set(some.val.files) < set(splits.val.files) and len(some.train) == 24
+
+
+def test_bad_validation_speakers_are_refused(three_speakers, cache):
+    with pytest.raises(ValueError, match=r"validation speaker 'dave'.*alice, bob, carol"):
+        fsdd(three_speakers, test_speaker="bob", val_speaker="dave", cache_dir=cache)
+    with pytest.raises(ValueError, match="must differ from the test speaker"):
+        fsdd(three_speakers, test_speaker="bob", val_speaker="bob", cache_dir=cache)
+    with pytest.raises(ValueError, match="needs a test_speaker"):
+        fsdd(three_speakers, val_speaker="bob", cache_dir=cache)
+    for name in ("fsdd:loso=bob,val=", "fsdd:loso=bob,speaker=carol", "fsdd:val=carol"):
+        with pytest.raises(ValueError, match=r"loso=<speaker>,val=<speaker>"):
+            load_fsdd(name, data_dir=str(three_speakers), num_train=None, num_test=None, num_val=0)
+
+
+def test_two_speakers_held_out_of_two_leave_no_training_speaker(fsdd_root, cache):
+    with pytest.raises(ValueError, match="leaves no training speaker"):
+        fsdd(fsdd_root, test_speaker="bob", val_speaker="alice", cache_dir=cache)
+
+
 def test_unknown_speaker_and_protocol(fsdd_root, cache):
     with pytest.raises(ValueError, match=r"'carol'.*alice, bob"):
         fsdd(fsdd_root, test_speaker="carol", cache_dir=cache)

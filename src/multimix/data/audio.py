@@ -9,7 +9,9 @@ mono 8 kHz WAV files ``recordings/{digit}_{speaker}_{take}.wav``: 6 speakers ×
 * ``"fsdd:loso=<speaker>"`` — leave one speaker out: that speaker's
   recordings (500) are the test set, the other speakers' train.
 
-Validation (``num_val``) is held out from the training recordings by ``seed``.
+Validation (``num_val``) is held out from the training recordings by ``seed``,
+or, with ``"fsdd:loso=<speaker>,val=<speaker>"``, is a second held-out
+speaker's recordings (an unseen voice, like the test set).
 
 Each recording is read with :mod:`scipy.io.wavfile`, scaled to [-1, 1], cut
 or zero-padded to 1 s (8,000 samples, centred) and turned into a log-mel
@@ -325,7 +327,8 @@ def _standardise(features: np.ndarray, train_index: Sequence[int]) -> Tuple[torc
 
 def fsdd(data_dir: Optional[Union[str, os.PathLike]] = None, *, test_speaker: Optional[str] = None,
          num_train: Optional[int] = None, num_test: Optional[int] = None, num_val: int = 0, seed: int = 0,
-         download: bool = False, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Splits:
+         download: bool = False, cache_dir: Optional[Union[str, os.PathLike]] = None,
+         val_speaker: Optional[str] = None) -> Splits:
     """FSDD as standardised log-mel spectrograms (1, 40, 101), 10 classes (the digits).
 
     Args:
@@ -337,9 +340,13 @@ def fsdd(data_dir: Optional[Union[str, os.PathLike]] = None, *, test_speaker: Op
         num_train: training recordings used (default: all that remain after
             validation), drawn by ``seed``.
         num_test: test recordings used (default all), drawn by ``seed``.
-        num_val: training recordings held out for validation, drawn by ``seed``.
+        num_val: training recordings held out for validation, drawn by ``seed``;
+            with ``val_speaker``, how many of that speaker's recordings (0 = all).
         download: fetch the recordings (:func:`download_fsdd`) when ``data_dir`` has none.
         cache_dir: where the features are cached (default ``default_cache_dir() / "fsdd"``).
+        val_speaker: with ``test_speaker``, a second speaker held out of training whose recordings are the
+            validation set: validation then measures an unseen voice, as the test does (recordings of the
+            training speakers are almost all recognised, so they cannot rank settings for unseen ones).
 
     The training statistics (per mel band) are those of the ``num_train``
     training recordings actually used; the torch global RNG is not touched.
@@ -363,6 +370,12 @@ def fsdd(data_dir: Optional[Union[str, os.PathLike]] = None, *, test_speaker: Op
             raise ValueError(f"unknown FSDD speaker {test_speaker!r}; speakers in {recordings_dir(root)}: "
                              f"{', '.join(found)}")
         in_test = [r.speaker == test_speaker for r in recordings]
+        if val_speaker is not None:
+            return _with_val_speaker(recordings, root, test_speaker, val_speaker, found, num_train=num_train,
+                                     num_test=num_test, num_val=num_val, seed=seed, cache_dir=cache_dir)
+    if val_speaker is not None:
+        raise ValueError(f"val_speaker {val_speaker!r} needs a test_speaker (leave one speaker out): "
+                         "use 'fsdd:loso=<speaker>,val=<speaker>'")
     train_pool = [i for i, t in enumerate(in_test) if not t]
     test_index = [i for i, t in enumerate(in_test) if t]
     if not train_pool or not test_index:
@@ -376,7 +389,36 @@ def fsdd(data_dir: Optional[Union[str, os.PathLike]] = None, *, test_speaker: Op
     order = torch.randperm(len(train_pool), generator=torch.Generator().manual_seed(seed)).tolist()
     val_index = [train_pool[i] for i in order[:num_val]]
     rest = [train_pool[i] for i in order[num_val:]]
-    train_index = list(take(rest, num_train, seed, "num_train"))  # a list is a data set of its indices
+    return _splits(recordings, rest, val_index, test_index, num_train=num_train, num_test=num_test, seed=seed,
+                   cache_dir=cache_dir)
+
+
+def _with_val_speaker(recordings: List[Recording], root: Path, test_speaker: str, val_speaker: str,
+                      found: List[str], *, num_train, num_test, num_val: int, seed: int, cache_dir) -> Splits:
+    """Leave two speakers out: ``test_speaker``'s recordings are the test set, ``val_speaker``'s the validation."""
+    if val_speaker not in found:
+        raise ValueError(f"unknown FSDD validation speaker {val_speaker!r}; speakers in {recordings_dir(root)}: "
+                         f"{', '.join(found)}")
+    if val_speaker == test_speaker:
+        raise ValueError(f"the validation speaker must differ from the test speaker, got {val_speaker!r} for both")
+    if num_val < 0:
+        raise ValueError(f"num_val must be >= 0, got {num_val}")
+    test_index = [i for i, r in enumerate(recordings) if r.speaker == test_speaker]
+    val_index = [i for i, r in enumerate(recordings) if r.speaker == val_speaker]
+    rest = [i for i, r in enumerate(recordings) if r.speaker not in (test_speaker, val_speaker)]
+    if not rest:
+        raise ValueError(f"FSDD under {recordings_dir(root)}: holding out {test_speaker!r} and {val_speaker!r} "
+                         "leaves no training speaker")
+    if num_val:
+        val_index = list(take(val_index, num_val, seed, "num_val"))
+    return _splits(recordings, rest, val_index, test_index, num_train=num_train, num_test=num_test, seed=seed,
+                   cache_dir=cache_dir)
+
+
+def _splits(recordings: List[Recording], train_pool: List[int], val_index: List[int], test_index: List[int], *,
+            num_train, num_test, seed: int, cache_dir) -> Splits:
+    """Train/validation/test data sets of log-mels standardised with the statistics of the training recordings."""
+    train_index = list(take(train_pool, num_train, seed, "num_train"))  # a list is a data set of its indices
     test_index = list(take(test_index, num_test, seed, "num_test"))
     features = fsdd_features(recordings, cache_dir)
     x, mean, std = _standardise(features, train_index)
@@ -392,16 +434,19 @@ def fsdd(data_dir: Optional[Union[str, os.PathLike]] = None, *, test_speaker: Op
                   tuple(x.shape[1:]), 10)
 
 
-def _parse_protocol(name: str) -> Optional[str]:
-    """The LOSO test speaker of ``"fsdd:loso=<speaker>"``, None for ``"fsdd"``; else ``ValueError``."""
+def _parse_protocol(name: str) -> Tuple[Optional[str], Optional[str]]:
+    """(test speaker, validation speaker) of ``"fsdd:loso=<speaker>[,val=<speaker>]"``, (None, None) for
+    ``"fsdd"``; else ``ValueError``."""
     if name == "fsdd":
-        return None
+        return None, None
     argument = name.split(":", 1)[1] if ":" in name else ""
-    key, _, value = argument.partition("=")
-    if key.strip() != "loso" or not value.strip():
-        raise ValueError(f"unknown FSDD protocol {name!r}: use 'fsdd' (official split, takes 0-4 are the test set) "
-                         "or 'fsdd:loso=<speaker>' (leave one speaker out)")
-    return value.strip()
+    parts = dict(part.partition("=")[::2] for part in argument.split(","))
+    parts = {key.strip(): value.strip() for key, value in parts.items()}
+    if not parts.get("loso") or set(parts) - {"loso", "val"} or ("val" in parts and not parts["val"]):
+        raise ValueError(f"unknown FSDD protocol {name!r}: use 'fsdd' (official split, takes 0-4 are the test set), "
+                         "'fsdd:loso=<speaker>' (leave one speaker out) or 'fsdd:loso=<speaker>,val=<speaker>' "
+                         "(a second speaker held out as the validation set)")
+    return parts["loso"], parts.get("val")
 
 
 def load_fsdd(name: str, *, data_dir: Optional[str], num_train: Optional[int], num_test: Optional[int],
@@ -410,5 +455,6 @@ def load_fsdd(name: str, *, data_dir: Optional[str], num_train: Optional[int], n
 
     Without ``data_dir`` the recordings are looked for in ``default_cache_dir() / "fsdd"``.
     """
-    return fsdd(data_dir, test_speaker=_parse_protocol(name), num_train=num_train, num_test=num_test,
-                num_val=num_val, seed=seed, download=download)
+    test_speaker, val_speaker = _parse_protocol(name)
+    return fsdd(data_dir, test_speaker=test_speaker, val_speaker=val_speaker, num_train=num_train,
+                num_test=num_test, num_val=num_val, seed=seed, download=download)

@@ -362,55 +362,42 @@ def fsdd(data_dir: Optional[Union[str, os.PathLike]] = None, *, test_speaker: Op
         except FileNotFoundError:
             download_fsdd(root)
     recordings = list_recordings(root)
+    found = sorted({r.speaker for r in recordings})
+    for role, speaker in (("", test_speaker), ("validation ", val_speaker)):
+        if speaker is not None and speaker not in found:
+            raise ValueError(f"unknown FSDD {role}speaker {speaker!r}; speakers in {recordings_dir(root)}: "
+                             f"{', '.join(found)}")
+    if val_speaker is not None and test_speaker is None:
+        raise ValueError(f"val_speaker {val_speaker!r} needs a test_speaker (leave one speaker out): "
+                         "use 'fsdd:loso=<speaker>,val=<speaker>'")
+    if val_speaker is not None and val_speaker == test_speaker:
+        raise ValueError(f"the validation speaker must differ from the test speaker, got {val_speaker!r} for both")
+    if num_val < 0:
+        raise ValueError(f"num_val must be >= 0, got {num_val}")
     if test_speaker is None:
         in_test = [r.take <= 4 for r in recordings]
     else:
-        found = sorted({r.speaker for r in recordings})
-        if test_speaker not in found:
-            raise ValueError(f"unknown FSDD speaker {test_speaker!r}; speakers in {recordings_dir(root)}: "
-                             f"{', '.join(found)}")
         in_test = [r.speaker == test_speaker for r in recordings]
-        if val_speaker is not None:
-            return _with_val_speaker(recordings, root, test_speaker, val_speaker, found, num_train=num_train,
-                                     num_test=num_test, num_val=num_val, seed=seed, cache_dir=cache_dir)
-    if val_speaker is not None:
-        raise ValueError(f"val_speaker {val_speaker!r} needs a test_speaker (leave one speaker out): "
-                         "use 'fsdd:loso=<speaker>,val=<speaker>'")
-    train_pool = [i for i, t in enumerate(in_test) if not t]
+    in_val = [r.speaker == val_speaker for r in recordings]  # all False without a validation speaker
+    train_pool = [i for i, (t, v) in enumerate(zip(in_test, in_val)) if not t and not v]
     test_index = [i for i, t in enumerate(in_test) if t]
+    if val_speaker is not None and not train_pool:
+        raise ValueError(f"FSDD under {recordings_dir(root)}: holding out {test_speaker!r} and {val_speaker!r} "
+                         "leaves no training speaker")
     if not train_pool or not test_index:
         raise ValueError(f"FSDD under {recordings_dir(root)}: the split leaves {len(train_pool)} training and "
                          f"{len(test_index)} test recordings; both must be non-empty")
-    if num_val < 0:
-        raise ValueError(f"num_val must be >= 0, got {num_val}")
+    if val_speaker is not None:  # the second held-out voice, all of it or num_val of its recordings
+        val_index = [i for i, v in enumerate(in_val) if v]
+        val_index = list(take(val_index, num_val or None, seed, "num_val"))
+        return _splits(recordings, train_pool, val_index, test_index, num_train=num_train, num_test=num_test,
+                       seed=seed, cache_dir=cache_dir)
     if num_val >= len(train_pool):
         raise ValueError(f"val_size must be smaller than the training set ({len(train_pool)} recordings), "
                          f"got {num_val}")
     order = torch.randperm(len(train_pool), generator=torch.Generator().manual_seed(seed)).tolist()
     val_index = [train_pool[i] for i in order[:num_val]]
     rest = [train_pool[i] for i in order[num_val:]]
-    return _splits(recordings, rest, val_index, test_index, num_train=num_train, num_test=num_test, seed=seed,
-                   cache_dir=cache_dir)
-
-
-def _with_val_speaker(recordings: List[Recording], root: Path, test_speaker: str, val_speaker: str,
-                      found: List[str], *, num_train, num_test, num_val: int, seed: int, cache_dir) -> Splits:
-    """Leave two speakers out: ``test_speaker``'s recordings are the test set, ``val_speaker``'s the validation."""
-    if val_speaker not in found:
-        raise ValueError(f"unknown FSDD validation speaker {val_speaker!r}; speakers in {recordings_dir(root)}: "
-                         f"{', '.join(found)}")
-    if val_speaker == test_speaker:
-        raise ValueError(f"the validation speaker must differ from the test speaker, got {val_speaker!r} for both")
-    if num_val < 0:
-        raise ValueError(f"num_val must be >= 0, got {num_val}")
-    test_index = [i for i, r in enumerate(recordings) if r.speaker == test_speaker]
-    val_index = [i for i, r in enumerate(recordings) if r.speaker == val_speaker]
-    rest = [i for i, r in enumerate(recordings) if r.speaker not in (test_speaker, val_speaker)]
-    if not rest:
-        raise ValueError(f"FSDD under {recordings_dir(root)}: holding out {test_speaker!r} and {val_speaker!r} "
-                         "leaves no training speaker")
-    if num_val:
-        val_index = list(take(val_index, num_val, seed, "num_val"))
     return _splits(recordings, rest, val_index, test_index, num_train=num_train, num_test=num_test, seed=seed,
                    cache_dir=cache_dir)
 

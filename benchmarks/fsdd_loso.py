@@ -25,7 +25,8 @@ import numpy as np
 
 from multimix.data.audio import speakers
 from multimix.engine import TrainConfig, load_recipe
-from multimix.experiments.bench import DEFAULT_ENTRIES, run_bench, summarise, write_results
+from multimix.experiments.bench import (DEFAULT_ENTRIES, evaluate_once_unless_best_val, run_bench, summarise,
+                                        write_results)
 from multimix.experiments.stats import paired_comparison
 
 FOLD_STRIDE = 1000  # pooled unit = fold index × 1000 + seed: pairs runs by fold and seed
@@ -52,7 +53,7 @@ def main() -> None:
     entries = [e for e in DEFAULT_ENTRIES if keep is None or e.label in keep]
     recipe = {k: v for k, v in load_recipe("fsdd_loso_bench").items() if k not in ("method", "method_args", "distill")}
     base = TrainConfig(**{**recipe, "data_dir": args.data_dir, "progress": False, "checkpoint": False})
-    base = replace(base, eval_every=base.epochs).validate()
+    base = evaluate_once_unless_best_val(base).validate()
     out = Path(args.out_dir)
     start, pooled, sizes = time.perf_counter(), [], {}
     for fold, speaker in enumerate(speakers(args.data_dir)):

@@ -30,13 +30,15 @@ def test_bundled_entries_load():
         entries[0].label = "changed"
 
 
+def built(entry: BenchEntry):
+    """The method ``entry`` describes, with its teacher if it has one."""
+    distill = SelfDistillation(torch.nn.Linear(2, 10), **entry.distill) if entry.distill is not None else None
+    return create_method(entry.method, num_classes=10, distill=distill, **entry.method_args)
+
+
 @pytest.mark.parametrize("entry", DEFAULT_ENTRIES, ids=[e.label for e in DEFAULT_ENTRIES])
 def test_every_entry_builds_its_method(entry):
-    distill = None
-    if entry.distill is not None:
-        distill = SelfDistillation(torch.nn.Linear(2, 10), **entry.distill)
-    method = create_method(entry.method, num_classes=10, distill=distill, **entry.method_args)
-    assert isinstance(method, METHODS[entry.method])
+    assert isinstance(built(entry), METHODS[entry.method])
 
 
 def test_bundled_grid_loads():
@@ -114,9 +116,7 @@ def test_every_bundled_bench_file_loads_and_builds_its_methods(path):
         assert load_grid(path)
         return
     for entry in load_entries(path):
-        distill = SelfDistillation(torch.nn.Linear(2, 10), **entry.distill) if entry.distill is not None else None
-        assert isinstance(create_method(entry.method, num_classes=10, distill=distill, **entry.method_args),
-                          METHODS[entry.method])
+        assert isinstance(built(entry), METHODS[entry.method])
 
 
 def test_bundled_yaml_files_are_package_data():

@@ -183,7 +183,8 @@ def keep_methods(items, names: Optional[str], what: str):
 
 
 def run_bench_command(args) -> int:
-    from .experiments.bench import DEFAULT_CONFIG, evaluation_table, markdown_table, run_bench
+    from .experiments.bench import (DEFAULT_CONFIG, evaluate_once_unless_best_val, evaluation_table, markdown_table,
+                                    run_bench)
     from .experiments.entries import ENTRIES_PATH, GRID_PATH, bench_file, load_entries, load_grid
     from .experiments.tune import tune
 
@@ -200,9 +201,7 @@ def run_bench_command(args) -> int:
                                        ("num_test", args.num_test), ("val_size", args.val_size),
                                        ("data_dir", args.data_dir)) if v is not None}
         base = replace(base, **overrides)
-        if base.select == "last":  # evaluate once, at the end of each run; best_val needs the recipe's evaluations
-            base = replace(base, eval_every=base.epochs)
-        base = base.validate()
+        base = evaluate_once_unless_best_val(base).validate()
         if args.tune:
             grid = keep_methods(load_grid(bench_file(args.grid) if args.grid else GRID_PATH), args.methods, "bench methods")
             if base.val_size < 1:

@@ -28,7 +28,8 @@ from .entries import BenchEntry, load_entries
 from .stats import paired_comparison
 
 __all__ = ["BenchEntry", "DEFAULT_ENTRIES", "DEFAULT_CONFIG", "run_bench", "summarise", "markdown_table",
-           "evaluation_table", "write_results", "data_sizes", "finished"]
+           "evaluation_table", "evaluation_note", "write_results", "data_sizes", "finished",
+           "evaluate_once_unless_best_val"]
 
 # Each method's settings as selected on MNIST-1D's validation split (configs/bench/entries.yaml).
 DEFAULT_ENTRIES: List[BenchEntry] = load_entries()
@@ -38,6 +39,12 @@ DEFAULT_ENTRIES: List[BenchEntry] = load_entries()
 DEFAULT_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", width=32, num_train=2000, val_size=5000,
                              num_test=10000, epochs=30, eval_every=30, batch_size=128, lr=0.1, schedule="cosine",
                              progress=False, checkpoint=False)
+
+
+def evaluate_once_unless_best_val(base: TrainConfig) -> TrainConfig:
+    """``base`` evaluating once, after the last epoch, to save time, unless it selects the best validation epoch,
+    which needs the recipe's per-epoch evaluations."""
+    return replace(base, eval_every=base.epochs) if base.select == "last" else base
 
 
 def finished(summary: Dict[str, Any]) -> Dict[str, Any]:

@@ -7,10 +7,13 @@ give 6·S paired differences and 3,000 test predictions per seed.
 
     .venv/bin/python benchmarks/fsdd_loso.py --data-dir DIR [--seeds 3] [--methods "ERM,MultiMix"] [--out-dir runs/fsdd-loso]
     .venv/bin/python benchmarks/fsdd_loso.py --data-dir DIR --pool-only     # re-pool the folds without training
+    .venv/bin/python benchmarks/fsdd_loso.py --data-dir DIR --entries fsdd_tuned --out-dir runs/fsdd-loso-tuned
     .venv/bin/python benchmarks/fsdd_loso.py --by-speaker runs/fsdd-loso-all2/results.json   # speaker as the unit
+    .venv/bin/python benchmarks/fsdd_loso.py --by-speaker RESULTS_JSON --exclude-fold george   # without a fold
 
-The entries are the bench's (settings selected on MNIST-1D's validation split,
-not tuned on FSDD). Writes one folder per fold and the pooled results.{md,csv,json,png}.
+The entries are the bench's by default (settings selected on MNIST-1D's validation split, not tuned on FSDD);
+``--entries fsdd_tuned`` takes the settings selected on FSDD with george as the validation voice. Writes one
+folder per fold and the pooled results.{md,csv,json,png}.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import numpy as np
 
 from multimix.data.audio import speakers
 from multimix.engine import TrainConfig, load_recipe
-from multimix.experiments.bench import (DEFAULT_ENTRIES, evaluate_once_unless_best_val, run_bench, summarise,
-                                        write_results)
+from multimix.experiments.bench import evaluate_once_unless_best_val, run_bench, summarise, write_results
+from multimix.experiments.entries import ENTRIES_PATH, bench_file, load_entries
 from multimix.experiments.stats import paired_comparison
 
 FOLD_STRIDE = 1000  # pooled unit = fold index × 1000 + seed: pairs runs by fold and seed
@@ -37,6 +40,11 @@ def main() -> None:
     parser.add_argument("--data-dir", help="the FSDD directory (with recordings/)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", help="comma-separated bench labels (default: all)")
+    parser.add_argument("--entries", help="a YAML file of bench entries, or a bundled name in configs/bench "
+                                          "(default: entries, the MNIST-1D-tuned settings)")
+    parser.add_argument("--exclude-fold", action="append", default=[], metavar="SPEAKER",
+                        help="with --by-speaker or --pool-only: leave this speaker's fold out (repeatable), e.g. "
+                             "the voice the settings were tuned on")
     parser.add_argument("--attack-limit", type=int, default=500)
     parser.add_argument("--out-dir", default="runs/fsdd-loso")
     parser.add_argument("--pool-only", action="store_true", help="only pool the folds already in --out-dir")
@@ -45,18 +53,29 @@ def main() -> None:
     args = parser.parse_args()
     if args.by_speaker:
         results = json.loads(Path(args.by_speaker).read_text())
-        print(speaker_table(results["runs"], results["best_baseline"]))
+        runs = [r for r in results["runs"] if r["fold"] not in args.exclude_fold]
+        if not runs:
+            parser.error(f"--exclude-fold {args.exclude_fold} leaves no runs in {args.by_speaker}")
+        print(speaker_table(runs, summarise(runs)["best_baseline"]))
         return
     if not args.data_dir:
         parser.error("--data-dir is required (the FSDD directory with recordings/)")
+    if args.exclude_fold and not args.pool_only:
+        parser.error("--exclude-fold only re-pools (with --pool-only or --by-speaker); it does not skip training")
     keep = {m.strip() for m in args.methods.split(",")} if args.methods else None
-    entries = [e for e in DEFAULT_ENTRIES if keep is None or e.label in keep]
+    entries = [e for e in load_entries(bench_file(args.entries) if args.entries else ENTRIES_PATH)
+               if keep is None or e.label in keep]
+    if keep is not None and len(entries) != len(keep):
+        parser.error(f"--methods {sorted(keep - {e.label for e in entries})} are not labels of the entries")
     recipe = {k: v for k, v in load_recipe("fsdd_loso_bench").items() if k not in ("method", "method_args", "distill")}
     base = TrainConfig(**{**recipe, "data_dir": args.data_dir, "progress": False, "checkpoint": False})
     base = evaluate_once_unless_best_val(base).validate()
     out = Path(args.out_dir)
-    start, pooled, sizes = time.perf_counter(), [], {}
+    pooled_dir = out / ("without-" + "-".join(args.exclude_fold)) if args.exclude_fold else out
+    start, pooled, sizes, folds = time.perf_counter(), [], {}, []
     for fold, speaker in enumerate(speakers(args.data_dir)):
+        if speaker in args.exclude_fold:
+            continue
         if args.pool_only:  # the folds' results.json from an earlier run
             results = json.loads((out / speaker / "results.json").read_text())
         else:
@@ -65,18 +84,21 @@ def main() -> None:
             results = run_bench(out / speaker, seeds=args.seeds, entries=entries, base=config,
                                 attack_limit=args.attack_limit, log=lambda line: print("  " + line, flush=True))
         sizes = {k: results["setting"][k] for k in ("num_train", "val_size", "num_test")}
+        folds.append(speaker)
         for run in results["runs"]:
             pooled.append({**run, "seed": fold * FOLD_STRIDE + run["seed"], "fold": speaker})
     merged = summarise(pooled)
     merged.update(setting={**{k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")},
-                           "dataset": "fsdd leave-one-speaker-out (6 folds)",
+                           "dataset": f"fsdd leave-one-speaker-out ({len(folds)} folds: {', '.join(folds)})",
                            "num_train": f"{sizes['num_train']} per fold", "num_test": f"{sizes['num_test']} per fold"},
-                  seeds=f"{len(pooled) // len(merged['rows'])} (6 folds × {len(pooled) // len(merged['rows']) // 6})", wall_time_s=time.perf_counter() - start)
-    write_results(merged, out)
+                  seeds=f"{len(pooled) // len(merged['rows'])} ({len(folds)} folds × "
+                        f"{len(pooled) // len(merged['rows']) // len(folds)})",
+                  wall_time_s=time.perf_counter() - start)
+    write_results(merged, pooled_dir)
     by_speaker = speaker_table(pooled, merged["best_baseline"])
-    (out / "by_speaker.md").write_text(by_speaker + "\n")
+    (pooled_dir / "by_speaker.md").write_text(by_speaker + "\n")
     print(by_speaker)
-    print(f"wrote {out}/results.md, by_speaker.md ({merged['wall_time_s']:.0f} s)")
+    print(f"wrote {pooled_dir}/results.md, by_speaker.md ({merged['wall_time_s']:.0f} s)")
 
 
 def speaker_table(runs, baseline: str) -> str:

@@ -387,3 +387,22 @@ def test_unlabelled_rows_without_a_teacher_are_refused(tiny_model, tiny_batch):
     y[3] = -2  # not the unlabelled marker: still a bad label
     with pytest.raises(ValueError, match="labels y must lie in"):
         make("erm", distill=multimix.SelfDistillation(tiny_model), num_classes=4)(tiny_model, x, y)
+
+
+def test_timm_adapter_forwards_the_models_no_weight_decay():
+    """A ViT's position embedding and class token stay undecayed through the adapter, as timm's optimiser
+    factory leaves them; everything else (including the shared classifier) is decayed."""
+    timm = pytest.importorskip("timm")
+    from multimix.engine.trainer import parameter_groups
+
+    raw = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8)
+    model = adapt(raw)
+    exempt_raw = {name for name, _ in raw.named_parameters() if name in raw.no_weight_decay()}
+    assert exempt_raw == {"pos_embed", "cls_token"}  # dist_token is in timm's list but this ViT has none
+    assert model.no_weight_decay() == {f"stages.0.model.{name}" for name in exempt_raw}
+    decayed, undecayed = parameter_groups(model, 0.05)
+    assert undecayed["weight_decay"] == 0.0 and {id(p) for p in undecayed["params"]} == {
+        id(raw.pos_embed), id(raw.cls_token)}
+    assert len(decayed["params"]) + 2 == len(list(model.parameters())) and id(raw.head.weight) in {
+        id(p) for p in decayed["params"]}
+    assert adapt(timm.create_model("resnet18", pretrained=False, num_classes=5)).no_weight_decay() == set()

@@ -8,6 +8,9 @@ avgpool, fc; timm: ``forward_features``, ``forward_head(pre_logits=True)``,
 
 from __future__ import annotations
 
+import fnmatch
+from typing import Set
+
 from torch import Tensor, nn
 
 from ..contract import MixableClassifier
@@ -78,6 +81,15 @@ class TimmModel(MixableClassifier):
             if layout == "NHWC":
                 return features.permute(0, 3, 1, 2)
         return features
+
+    def no_weight_decay(self) -> Set[str]:
+        """The timm model's own ``no_weight_decay()`` (position embeddings, class tokens…) under this adapter's
+        parameter names, matched as timm matches them (``fnmatch`` patterns; names the model lacks ignored)."""
+        timm_model = self.stages[0].model
+        patterns = set(timm_model.no_weight_decay()) if callable(getattr(timm_model, "no_weight_decay", None)) else set()
+        exempt = {id(p) for name, p in timm_model.named_parameters()
+                  if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)}
+        return {name for name, p in self.named_parameters() if id(p) in exempt}
 
     def pool(self, features: Tensor) -> Tensor:
         layout = self._native_layout(features)

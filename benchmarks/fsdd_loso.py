@@ -13,7 +13,8 @@ give 6·S paired differences and 3,000 test predictions per seed.
 
 The entries are the bench's by default (settings selected on MNIST-1D's validation split, not tuned on FSDD);
 ``--entries fsdd_tuned`` takes the settings selected on FSDD with george as the validation voice. Writes one
-folder per fold and the pooled results.{md,csv,json,png}.
+folder per fold, the pooled results.{md,csv,json,png} and by_speaker.md (speaker as the unit, and
+the mean of every method on every held-out speaker).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main() -> None:
         runs = [r for r in results["runs"] if r["fold"] not in args.exclude_fold]
         if not runs:
             parser.error(f"--exclude-fold {args.exclude_fold} leaves no runs in {args.by_speaker}")
-        print(speaker_table(runs, summarise(runs)["best_baseline"]))
+        print(speaker_table(runs, summarise(runs)["best_baseline"]) + "\n\n" + fold_table(runs))
         return
     if not args.data_dir:
         parser.error("--data-dir is required (the FSDD directory with recordings/)")
@@ -95,10 +96,33 @@ def main() -> None:
                         f"{len(pooled) // len(merged['rows']) // len(folds)})",
                   wall_time_s=time.perf_counter() - start)
     write_results(merged, pooled_dir)
-    by_speaker = speaker_table(pooled, merged["best_baseline"])
+    by_speaker = speaker_table(pooled, merged["best_baseline"]) + "\n\n" + fold_table(pooled)
     (pooled_dir / "by_speaker.md").write_text(by_speaker + "\n")
     print(by_speaker)
     print(f"wrote {pooled_dir}/results.md, by_speaker.md ({merged['wall_time_s']:.0f} s)")
+
+
+def fold_means(runs):
+    """{(label, fold): mean test accuracy over the fold's seeds}, with the labels and folds in run order."""
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    folds = list(dict.fromkeys(r["fold"] for r in runs))
+    mean = {(label, fold): float(np.mean([r["test_accuracy"] for r in runs
+                                          if r["label"] == label and r["fold"] == fold]))
+            for label in labels for fold in folds}
+    return mean, labels, folds
+
+
+def fold_table(runs) -> str:
+    """Test accuracy per held-out speaker (rows) and method (columns), mean over seeds; the best of a row in bold."""
+    mean, labels, folds = fold_means(runs)
+    lines = ["Per test speaker (mean over seeds):", "", "| test speaker | " + " | ".join(labels) + " |",
+             "|---|" + "---|" * len(labels)]
+    for fold in folds:
+        best = max(mean[label, fold] for label in labels)
+        cells = [f"**{mean[label, fold]:.2f}**" if mean[label, fold] == best else f"{mean[label, fold]:.2f}"
+                 for label in labels]
+        lines.append(f"| {fold} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def speaker_table(runs, baseline: str) -> str:
@@ -106,11 +130,7 @@ def speaker_table(runs, baseline: str) -> str:
 
     Runs within a fold share the held-out voice, which carries most of the variance, so the (fold, seed) pairs of
     results.md are not independent; this is the conservative reading."""
-    labels = list(dict.fromkeys(r["label"] for r in runs))
-    folds = list(dict.fromkeys(r["fold"] for r in runs))
-    mean = {(label, fold): float(np.mean([r["test_accuracy"] for r in runs
-                                          if r["label"] == label and r["fold"] == fold]))
-            for label in labels for fold in folds}
+    mean, labels, folds = fold_means(runs)
     lines = [f"Speaker as the unit: {len(folds)} paired differences (fold means over seeds) against {baseline}.", "",
              "| method | mean over speakers | Δ vs " + baseline + " [95% CI] | p |", "|---|---|---|---|"]
     for label in labels:

@@ -42,3 +42,28 @@ def test_bench_stops_cleanly_when_a_run_is_interrupted(tmp_path, capsys, monkeyp
                  "--num-test", "128", "--attack-limit", "16", "--out-dir", str(tmp_path / "b")])
     assert code == 143
     assert "stopped by SIGTERM" in capsys.readouterr().err
+
+
+def test_fsdd_loso_speaker_tables_pair_fold_means():
+    """benchmarks/fsdd_loso.py: one paired difference per held-out speaker (the mean over its seeds), and the
+    per-speaker table bolds each row's best method."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    from multimix.experiments.stats import paired_comparison
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fsdd_loso.py"
+    spec = importlib.util.spec_from_file_location("fsdd_loso", path)
+    fsdd_loso = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fsdd_loso)
+    accuracy = {("A", "ann"): [60, 62], ("B", "ann"): [70, 74], ("A", "bob"): [50, 50], ("B", "bob"): [49, 47],
+                ("A", "cy"): [80, 90], ("B", "cy"): [86, 88]}
+    runs = [{"label": label, "fold": fold, "seed": seed, "test_accuracy": acc}
+            for (label, fold), accs in accuracy.items() for seed, acc in enumerate(accs)]
+    table = fsdd_loso.speaker_table(runs, "A")
+    expected = paired_comparison([72, 48, 87], [61, 50, 85])
+    assert f"| B | {np.mean([72, 48, 87]):.2f} | {expected['mean']:+.2f} [{expected['low']:+.2f}, " in table
+    assert "3 paired differences" in table
+    folds = fsdd_loso.fold_table(runs)
+    assert "| ann | 61.00 | **72.00** |" in folds and "| bob | **50.00** | 48.00 |" in folds

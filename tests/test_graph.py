@@ -703,6 +703,26 @@ def test_unlabelled_batches_ramp_up_over_the_teachers_warm_up(cora, splits, tmp_
         assert (y[:labelled] >= 0).all()
 
 
+def test_a_consistency_weight_trains_unlabelled_nodes_by_consistency(cora, tmp_path, monkeypatch):
+    """GraphMix's form: the method sees the labelled nodes only, the teacher's consistency loss the others."""
+    from multimix.methods import SelfDistillation
+
+    sizes = []
+    consistency = SelfDistillation.consistency
+
+    def spy(self, model, x):
+        sizes.append(len(x))
+        return consistency(self, model, x)
+
+    monkeypatch.setattr(SelfDistillation, "consistency", spy)
+    config = gcn_config(cora, tmp_path / "semi", epochs=3, method="multimix", method_args={"n": 32},
+                        distill={"temperature": 0.1, "weight": 0.0, "warmup_steps": 1, "consistency_weight": 10.0},
+                        unlabelled_batch=20, checkpoint=False)
+    summary = Trainer(config).run()
+    assert summary["status"] == "completed" and np.isfinite(summary["final"]["train_loss"])
+    assert sizes == [20, 20]  # no unlabelled nodes in the first step (warm-up 0 of 1), then 20 per step
+
+
 def test_unlabelled_batch_needs_a_teacher_and_unlabelled_data(cora, tmp_path):
     with pytest.raises(ValueError, match="unlabelled_batch .* needs distill"):
         gcn_config(cora, tmp_path / "a", unlabelled_batch=8).validate()

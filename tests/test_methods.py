@@ -378,6 +378,51 @@ def test_every_method_mixes_unlabelled_rows(name, tiny_model, tiny_batch):
     assert torch.isfinite(loss)
 
 
+def test_consistency_loss_is_the_mean_squared_error_to_the_teachers_targets(tiny_model, tiny_batch):
+    """γ · ramp · mean((softmax(student) − softmax(teacher / T))²), gradients on the student only."""
+    x, _ = tiny_batch
+    model = tiny_model.eval()
+    distill = multimix.SelfDistillation(model, temperature=0.5, warmup_steps=4, consistency_weight=3.0)
+    assert float(distill.consistency(model, x)) == 0.0  # before the warm-up has started
+    for _ in range(2):
+        distill.update(model)
+    with torch.no_grad():
+        model.head.weight.mul_(1.5)  # student and teacher now differ
+    loss = distill.consistency(model, x)
+    student = torch.softmax(model(x), 1)
+    teacher = torch.softmax(distill.teacher(x) / 0.5, 1).detach()
+    torch.testing.assert_close(loss, 3.0 * 0.5 * ((student - teacher) ** 2).mean())
+    loss.backward()
+    assert model.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in distill.teacher.parameters())
+    with pytest.raises(ValueError, match="consistency_weight must be a number >= 0, got -1"):
+        multimix.SelfDistillation(model, consistency_weight=-1)
+
+
+@pytest.mark.parametrize("name", ["erm", "multimix", "manifold_mixup"])
+def test_with_a_consistency_weight_unlabelled_rows_leave_the_mixing(name, tiny_model, tiny_batch):
+    """method(x, y) = method.loss(labelled rows) + teacher consistency(unlabelled rows), same random draws."""
+    x, y = tiny_batch
+    y = y.clone()
+    y[[0, 3, 5]] = multimix.UNLABELLED
+    model = tiny_model.eval()
+    distill = multimix.SelfDistillation(model, warmup_steps=0, consistency_weight=2.0)
+    with torch.no_grad():
+        model.head.weight.mul_(2.0)
+    method = make(name, distill=distill)
+    total = method(model, x, y)
+    labelled = y != multimix.UNLABELLED
+    method.generator.manual_seed(0)
+    expected = method.loss(model, x[labelled], y[labelled]) + distill.consistency(model, x[~labelled])
+    torch.testing.assert_close(total, expected)
+    assert float(distill.consistency(model, x[~labelled])) > 0
+    only_unlabelled = torch.full_like(y, multimix.UNLABELLED)
+    torch.testing.assert_close(method(model, x, only_unlabelled), distill.consistency(model, x))
+    method.generator.manual_seed(0)
+    mixed_in = make(name, distill=multimix.SelfDistillation(model, warmup_steps=0))(model, x, y)
+    assert not torch.allclose(mixed_in, total)  # without the weight they join the method's loss instead
+
+
 def test_unlabelled_rows_without_a_teacher_are_refused(tiny_model, tiny_batch):
     x, y = tiny_batch
     y = y.clone()

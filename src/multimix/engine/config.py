@@ -68,8 +68,10 @@ class TrainConfig:
                                                "SelfDistillation's settings; None: no self-distillation")
     unlabelled_batch: int = _field(0, "model and method",
                                    "unlabelled examples drawn into every step (semi-supervised; their targets are the "
-                                   "teacher's predictions, so it needs distill; their number ramps up over the "
-                                   "teacher's warm-up); 0: none. Data sets with unlabelled inputs: planetoid")
+                                   "teacher's predictions, so it needs distill, mixed by the method, or fitted by "
+                                   "the teacher's consistency loss when distill sets consistency_weight; their number "
+                                   "ramps up over the teacher's warm-up); 0: none. Data sets with unlabelled inputs: "
+                                   "planetoid")
     # optimisation (SGD with momentum, as in the papers; Adam for the GCN of Kipf & Welling)
     epochs: int = _field(20, "optimisation", "epochs of the schedule")
     batch_size: Optional[int] = _field(128, "optimisation", "examples per step and process (global batch: × processes); "

@@ -54,7 +54,7 @@ def method_settings(name: str) -> Dict[str, Setting]:
 
 
 def distill_settings() -> Dict[str, Setting]:
-    """The settings of :class:`SelfDistillation` (momentum, temperature, weight, warmup_steps)."""
+    """The settings of :class:`SelfDistillation` (momentum, temperature, weight, warmup_steps, consistency_weight)."""
     return settings_of(SelfDistillation)
 
 

@@ -5,7 +5,11 @@ A method takes a model that follows :mod:`multimix.contract` (``encode``,
 soft (m, c)), and returns a 0-d loss to back-propagate. An integer label
 ``UNLABELLED`` (−1) marks an unlabelled example (semi-supervised training):
 its target is the self-distillation teacher's prediction, so such batches
-need ``distill``; every method then mixes it like any other example. Each method states
+need ``distill``; every method then mixes it like any other example, or,
+with the teacher's ``consistency_weight`` > 0, applies its loss to the
+labelled examples only and adds the teacher's consistency loss on the
+unlabelled ones. Subclasses implement ``loss(model, x, y)``; calling the
+method routes unlabelled examples and returns the total. Each method states
 where it mixes (``mixes_at``: ``"none"``, ``"input"``, ``"hidden"`` or
 ``"embedding"``). After each optimiser step call ``method.update(model)``: it
 advances the EMA teacher when self-distillation is on and is a no-op otherwise.
@@ -101,12 +105,28 @@ class Method:
             self.distill.update(model)
 
     def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+        """The training loss (0-d) of the batch x (m, ...) with labels y: :meth:`loss`, plus the teacher's
+        consistency loss on the unlabelled examples when its ``consistency_weight`` is set."""
+        if self.distill is None or not self.distill.consistency_weight or not isinstance(y, Tensor) \
+                or y.is_floating_point() or y.dim() != 1:
+            return self.loss(model, x, y)
+        unlabelled = y == UNLABELLED
+        if not bool(unlabelled.any()):
+            return self.loss(model, x, y)
+        labelled = ~unlabelled
+        consistency = self.distill.consistency(model, x[unlabelled.to(x.device)])
+        if not bool(labelled.any()):
+            return consistency
+        return self.loss(model, x[labelled.to(x.device)], y[labelled]) + consistency
+
+    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
+        """The method's loss (0-d) on x (m, ...) and y (m,) or (m, c); unlabelled rows get teacher targets."""
         raise NotImplementedError
 
 
 class ERM(Method):
     """Empirical risk minimisation: cross-entropy on the clean batch."""
 
-    def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
         targets = self.targets(model, x, y)
         return MF.soft_cross_entropy(model(x), targets)

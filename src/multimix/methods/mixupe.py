@@ -79,7 +79,7 @@ class MixupE(Method):
     def __repr__(self) -> str:
         return f"MixupE(base={self.base!r}, eta={self.eta}, version={self.version}, threshold={self.threshold})"
 
-    def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
         loss_mix, targets = self.base.loss_and_targets(model, x, y)
         term = MF.mixupe_residual_term(model(x), targets, threshold=self.threshold,
                                        detach_residual=self.version == 4)

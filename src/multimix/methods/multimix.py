@@ -62,7 +62,7 @@ class MultiMixMethod(Method):
             targets = D.all_gather_with_grad(targets) if targets.requires_grad else D.all_gather(targets)
         return z, targets
 
-    def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
         targets = self.targets(model, x, y)
         z, targets = self._scoped(model.pool(model.encode(x)), targets)
         return self.mix(z, targets, model.head)
@@ -82,7 +82,7 @@ class DenseMultiMixMethod(MultiMixMethod):
     uses_dense_features = True
     needs_positions = True
 
-    def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
         targets = self.targets(model, x, y, dense=True)
         z, targets = self._scoped(model.encode(x), targets)
         return self.mix(z, targets, model.head)

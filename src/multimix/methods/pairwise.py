@@ -43,7 +43,7 @@ class PairwiseMix(Method):
         mixed_targets = lam * targets + (1.0 - lam) * targets[perm]
         return MF.soft_cross_entropy(logits, mixed_targets), targets
 
-    def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
+    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
         return self.loss_and_targets(model, x, y)[0]
 
 

@@ -95,6 +95,7 @@ def main() -> None:
                   seeds=f"{len(pooled) // len(merged['rows'])} ({len(folds)} folds × "
                         f"{len(pooled) // len(merged['rows']) // len(folds)})",
                   wall_time_s=time.perf_counter() - start)
+    pooled_dir.mkdir(parents=True, exist_ok=True)
     write_results(merged, pooled_dir)
     by_speaker = speaker_table(pooled, merged["best_baseline"]) + "\n\n" + fold_table(pooled)
     (pooled_dir / "by_speaker.md").write_text(by_speaker + "\n")

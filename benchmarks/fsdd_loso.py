@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multimix.cli import keep_methods
 from multimix.data.audio import speakers
 from multimix.engine import TrainConfig, load_recipe
 from multimix.experiments.bench import evaluate_once_unless_best_val, run_bench, summarise, write_results
@@ -40,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", help="the FSDD directory (with recordings/)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--methods", help="comma-separated bench labels (default: all)")
+    parser.add_argument("--methods", help="comma-separated bench labels or method names (default: all)")
     parser.add_argument("--entries", help="a YAML file of bench entries, or a bundled name in configs/bench "
                                           "(default: entries, the MNIST-1D-tuned settings)")
     parser.add_argument("--exclude-fold", action="append", default=[], metavar="SPEAKER",
@@ -63,11 +64,11 @@ def main() -> None:
         parser.error("--data-dir is required (the FSDD directory with recordings/)")
     if args.exclude_fold and not args.pool_only:
         parser.error("--exclude-fold only re-pools (with --pool-only or --by-speaker); it does not skip training")
-    keep = {m.strip() for m in args.methods.split(",")} if args.methods else None
-    entries = [e for e in load_entries(bench_file(args.entries) if args.entries else ENTRIES_PATH)
-               if keep is None or e.label in keep]
-    if keep is not None and len(entries) != len(keep):
-        parser.error(f"--methods {sorted(keep - {e.label for e in entries})} are not labels of the entries")
+    try:
+        entries = keep_methods(load_entries(bench_file(args.entries) if args.entries else ENTRIES_PATH), args.methods,
+                               "--methods")
+    except ValueError as err:
+        parser.error(str(err))
     recipe = {k: v for k, v in load_recipe("fsdd_loso_bench").items() if k not in ("method", "method_args", "distill")}
     base = TrainConfig(**{**recipe, "data_dir": args.data_dir, "progress": False, "checkpoint": False})
     base = evaluate_once_unless_best_val(base).validate()

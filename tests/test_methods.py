@@ -395,7 +395,7 @@ def test_consistency_loss_is_the_mean_squared_error_to_the_teachers_targets(tiny
     loss.backward()
     assert model.head.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in distill.teacher.parameters())
-    with pytest.raises(ValueError, match="consistency_weight must be a number >= 0, got -1"):
+    with pytest.raises(ValueError, match="consistency_weight must be a finite number >= 0, got -1"):
         multimix.SelfDistillation(model, consistency_weight=-1)
 
 

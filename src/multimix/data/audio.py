@@ -355,6 +355,13 @@ def fsdd(data_dir: Optional[Union[str, os.PathLike]] = None, *, test_speaker: Op
     (file names), and ``mel_mean``/``mel_std``, the training statistics
     (n_mels,) applied to every split.
     """
+    if val_speaker is not None and test_speaker is None:
+        raise ValueError(f"val_speaker {val_speaker!r} needs a test_speaker (leave one speaker out): "
+                         "use 'fsdd:loso=<speaker>,val=<speaker>'")
+    if val_speaker is not None and val_speaker == test_speaker:
+        raise ValueError(f"the validation speaker must differ from the test speaker, got {val_speaker!r} for both")
+    if num_val < 0:
+        raise ValueError(f"num_val must be >= 0, got {num_val}")
     root = Path(data_dir) if data_dir is not None else default_cache_dir() / "fsdd"
     if download:
         try:
@@ -367,13 +374,6 @@ def fsdd(data_dir: Optional[Union[str, os.PathLike]] = None, *, test_speaker: Op
         if speaker is not None and speaker not in found:
             raise ValueError(f"unknown FSDD {role}speaker {speaker!r}; speakers in {recordings_dir(root)}: "
                              f"{', '.join(found)}")
-    if val_speaker is not None and test_speaker is None:
-        raise ValueError(f"val_speaker {val_speaker!r} needs a test_speaker (leave one speaker out): "
-                         "use 'fsdd:loso=<speaker>,val=<speaker>'")
-    if val_speaker is not None and val_speaker == test_speaker:
-        raise ValueError(f"the validation speaker must differ from the test speaker, got {val_speaker!r} for both")
-    if num_val < 0:
-        raise ValueError(f"num_val must be >= 0, got {num_val}")
     if test_speaker is None:
         in_test = [r.take <= 4 for r in recordings]
     else:

@@ -28,9 +28,18 @@ from ..contract import check_mixable, num_classes_of
 from .distill import SelfDistillation
 from .settings import Setting, settings_of
 
-__all__ = ["Method", "ERM", "UNLABELLED"]
+__all__ = ["Method", "ERM", "UNLABELLED", "unlabelled_rows"]
 
 UNLABELLED = -1  # the integer label of an unlabelled example
+
+
+def unlabelled_rows(y) -> Optional[Tensor]:
+    """The (m,) bool mask of the examples labelled ``UNLABELLED`` in integer labels y (m,); None when there are
+    none, or when y is soft (m, c) or not a tensor."""
+    if not isinstance(y, Tensor) or y.is_floating_point() or y.dim() != 1:
+        return None
+    unlabelled = y == UNLABELLED
+    return unlabelled if bool(unlabelled.any()) else None
 
 
 class Method:
@@ -86,13 +95,13 @@ class Method:
             raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
         check_mixable(model)
         num_classes = self.num_classes or num_classes_of(model)
-        unlabelled = None
-        if isinstance(y, Tensor) and not y.is_floating_point() and y.dim() == 1 and bool((y == UNLABELLED).any()):
+        unlabelled = unlabelled_rows(y)
+        if unlabelled is not None:
             if self.distill is None:
-                raise ValueError(f"y marks {int((y == UNLABELLED).sum())} examples unlabelled ({UNLABELLED}); their "
+                raise ValueError(f"y marks {int(unlabelled.sum())} examples unlabelled ({UNLABELLED}); their "
                                  "targets come from a teacher: pass distill=SelfDistillation(model)")
-            unlabelled = (y == UNLABELLED).to(x.device)
-            y = y.masked_fill(y == UNLABELLED, 0)  # a placeholder class: the teacher's prediction replaces these rows
+            y = y.masked_fill(unlabelled, 0)  # a placeholder class: the teacher's prediction replaces these rows
+            unlabelled = unlabelled.to(x.device)
         hard = MF.as_soft_targets(y, num_classes, batch_size=x.shape[0], label_smoothing=self.label_smoothing)
         hard = hard.to(x.device)
         if self.distill is None:
@@ -107,11 +116,8 @@ class Method:
     def __call__(self, model, x: Tensor, y: Tensor) -> Tensor:
         """The training loss (0-d) of the batch x (m, ...) with labels y: :meth:`loss`, plus the teacher's
         consistency loss on the unlabelled examples when its ``consistency_weight`` is set."""
-        if self.distill is None or not self.distill.consistency_weight or not isinstance(y, Tensor) \
-                or y.is_floating_point() or y.dim() != 1:
-            return self.loss(model, x, y)
-        unlabelled = y == UNLABELLED
-        if not bool(unlabelled.any()):
+        unlabelled = unlabelled_rows(y) if self.distill is not None and self.distill.consistency_weight else None
+        if unlabelled is None:
             return self.loss(model, x, y)
         labelled = ~unlabelled
         consistency = self.distill.consistency(model, x[unlabelled.to(x.device)])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as MF
+from ..checks import check_number
 
 __all__ = ["SelfDistillation"]
 
@@ -78,10 +79,7 @@ class SelfDistillation:
             raise ValueError(f"weight must be in [0, 1], got {weight!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-        if isinstance(consistency_weight, bool) or not isinstance(consistency_weight, (int, float)) \
-                or not consistency_weight >= 0.0:
-            raise ValueError(f"consistency_weight must be a number >= 0, got {consistency_weight!r}")
-        self.consistency_weight = float(consistency_weight)
+        self.consistency_weight = check_number(consistency_weight, "consistency_weight", minimum=0.0)
         self.warmup_steps = warmup_steps
         self.updates = 0
         self.momentum = float(momentum)

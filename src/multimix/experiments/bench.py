@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import signal
+import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -238,7 +239,8 @@ def plot_results(results: Dict[str, Any], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy (%) — mean ± std, dots are seeds")
     setting = results.get("setting", {})
-    ax.set_title(f"{setting.get('dataset')}, {setting.get('model')}, {results.get('seeds')} seeds (red: ours)")
+    ax.set_title(textwrap.fill(f"{setting.get('dataset')}, {setting.get('model')}, {results.get('seeds')} seeds "
+                               "(red: ours)", 70))  # a long data set name (FSDD's folds) stays inside the figure
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)

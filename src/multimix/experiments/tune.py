@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -136,7 +137,12 @@ def plot_tuning(result: Dict[str, Any], path: Path) -> None:
     labels = list(dict.fromkeys(r["label"] for r in result["records"]))
     cols = 2
     rows = -(-len(labels) // cols)
-    fig = new_figure(figsize=(11, 1.9 * rows + 0.6))
+    # Candidate names with many settings are wrapped (and the panels made taller) so the panels keep their width.
+    wrap = lambda text: textwrap.fill(text, 40)  # noqa: E731
+    lines = max(sum(wrap(r["name"]).count("\n") + 1 for r in result["records"] if r["label"] == label)
+                for label in labels)
+    height = max(1.9, 0.17 * lines + 0.8) * rows + 0.6
+    fig = new_figure(figsize=(11, height))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, label in zip(axes.flat, labels):
         records = [r for r in result["records"] if r["label"] == label]
@@ -144,13 +150,13 @@ def plot_tuning(result: Dict[str, Any], path: Path) -> None:
             color = "tab:red" if r.get("chosen") else ("tab:orange" if r["ours"] else "tab:blue")
             ax.scatter(r["val_accuracies"], [i] * len(r["val_accuracies"]), color=color, alpha=0.35, s=12)
             ax.plot(r["val_mean"], i, "o", color=color)
-        ax.set_yticks(range(len(records)), [r["name"] for r in records], fontsize=7)
+        ax.set_yticks(range(len(records)), [wrap(r["name"]) for r in records], fontsize=7)
         ax.set_ylim(len(records) - 0.5, -0.5)
-        ax.set_title(label, fontsize=9)
+        ax.set_title(wrap(label), fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(labels):]:
         ax.axis("off")
     fig.suptitle("validation accuracy (%) of each candidate: mean (dot) and seeds; red = chosen", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))  # the top 0.35 inch stays the suptitle's
     save_figure(fig, path)

@@ -33,7 +33,21 @@ __all__ = [
     "check_path",
     "describe_type",
     "check_type",
+    "brief",
 ]
+
+# Longest repr of a user's value that an error message prints (a value can be a 10^6-element list).
+BRIEF_CHARS = 80
+
+
+def brief(value: Any, limit: int = BRIEF_CHARS) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters (with ``…`` where cut): what error messages print."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _is_number(value: Any) -> bool:

@@ -5,18 +5,30 @@ the trainer adds the optimiser, scheduler, EMA teacher, config and history.
 :func:`save_atomic` writes to a temporary file in the same directory, fsyncs
 it and renames it over the target, so a crash or a full disk leaves the
 previous checkpoint intact and no temporary file behind.
+
+A checkpoint file is untrusted input: a pickle can carry code that runs while
+it is read. :func:`load_checkpoint` therefore reads with
+``torch.load(weights_only=True)``, whose unpickler builds only tensors and
+plain containers and numbers, and refuses anything else in one line. Everything
+the trainer writes is made of those types only (tested for every kind of run).
+
+JSON files are written strictly (``allow_nan=False``): a non-finite number
+(a NaN test loss) becomes ``null``, so every file stays valid JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable, Dict
 
 import torch
 
-__all__ = ["CheckpointError", "save_atomic", "write_text_atomic", "write_json_atomic", "load_checkpoint", "load_into"]
+__all__ = ["CheckpointError", "save_atomic", "write_text_atomic", "write_json_atomic", "json_safe", "load_checkpoint",
+           "load_into"]
 
 
 class CheckpointError(ValueError):
@@ -47,9 +59,20 @@ def write_text_atomic(text: str, path: Path) -> None:
     _atomic(path, lambda f: f.write(text), "w")
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by ``None``: what strict JSON can hold."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
 def write_json_atomic(obj: Any, path: Path) -> None:
-    """``json.dumps(obj, indent=2)`` to ``path``, atomically."""
-    write_text_atomic(json.dumps(obj, indent=2), path)
+    """``json.dumps(obj, indent=2)`` to ``path``, atomically; non-finite numbers become ``null``."""
+    write_text_atomic(json.dumps(json_safe(obj), indent=2, allow_nan=False), path)
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
@@ -58,8 +81,15 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # unpickling, truncated zip, wrong format: all mean "unreadable"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's restricted unpickler met a type it does not build, or garbage
+        if "global" not in str(err).lower():
+            raise CheckpointError(f"checkpoint {path} is corrupted or not a multimix checkpoint "
+                                  f"({type(err).__name__})") from err
+        raise CheckpointError(f"checkpoint {path} is not a safe multimix checkpoint: it holds objects other than "
+                              "tensors, numbers, strings and containers, and is not loaded (loading it could run "
+                              "code)") from None
+    except Exception as err:  # truncated zip, wrong format: both mean "unreadable"
         raise CheckpointError(f"checkpoint {path} is corrupted or not a multimix checkpoint ({type(err).__name__})") from err
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise CheckpointError(f"checkpoint {path} is not a multimix checkpoint (missing model/epoch)")

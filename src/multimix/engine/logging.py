@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .checkpoint import write_text_atomic
+from .checkpoint import json_safe, write_text_atomic
 
 __all__ = ["MetricsLogger", "ProgressBar", "format_row"]
 
@@ -33,7 +33,9 @@ class MetricsLogger:
         """Rewrite both files from ``history``; send its last row to TensorBoard when ``new_row``."""
         if not self.enabled:
             return
-        write_text_atomic("".join(json.dumps(row) + "\n" for row in history), self.out_dir / "metrics.jsonl")
+        # Strict JSON: a NaN loss is written as null (json.dumps would write the invalid token NaN).
+        write_text_atomic("".join(json.dumps(json_safe(row), allow_nan=False) + "\n" for row in history),
+                          self.out_dir / "metrics.jsonl")
         columns = list(dict.fromkeys(key for row in history for key in row))
         lines = [",".join(columns)] + [",".join(str(row.get(key, "")) for key in columns) for row in history]
         write_text_atomic("\n".join(lines) + "\n" if history else "", self.out_dir / "metrics.csv")

@@ -9,15 +9,23 @@ when the process started with SIGINT ignored (a job launched with ``&``), and
 the previous ones are restored on exit, since the trainer is also a library
 function. A second SIGINT while a stop is pending raises ``KeyboardInterrupt``
 at once (for a user who really wants out).
+
+``timeout``, SLURM's ``scancel`` and systemd signal the whole process group,
+data-loader workers included. A worker that died of SIGTERM would end the
+run with "DataLoader worker killed" before the main process could save, so
+workers leave shutdown to the main process: they start with SIGINT and SIGTERM
+blocked (:func:`stop_signals_blocked` around the fork) and then ignore them
+(:func:`worker_ignores_stop_signals`, their ``worker_init_fn``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
-__all__ = ["StopRequest", "exit_status"]
+__all__ = ["StopRequest", "exit_status", "stop_signals_blocked", "worker_ignores_stop_signals"]
 
 
 def exit_status(signum: int) -> int:
@@ -29,7 +37,9 @@ class StopRequest:
     """Context manager: while active, SIGINT and SIGTERM set :attr:`signum` instead of ending the process.
 
     Outside the main thread (where Python cannot install handlers) it installs
-    nothing and :attr:`signum` stays None.
+    nothing and :attr:`signum` stays None. Entering it again while active
+    (set-up, then the run) keeps the handlers; the outermost exit restores the
+    previous ones. A signal caught in one block stays in :attr:`signum`.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -37,6 +47,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: Optional[int] = None
         self.previous: Dict[int, Any] = {}
+        self.depth = 0
 
     @property
     def name(self) -> Optional[str]:
@@ -48,12 +59,38 @@ class StopRequest:
         self.signum = signum
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
+        self.depth += 1
+        if self.depth == 1 and threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self.previous[signum] = signal.signal(signum, self.handle)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
         for signum, handler in self.previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self.previous.clear()
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread (pending, delivered on exit): processes forked inside inherit the
+    block, so a signal to the whole group cannot end them before they ignore it."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, StopRequest.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def worker_ignores_stop_signals(worker_id: int) -> None:
+    """A data-loader worker's ``worker_init_fn``: ignore SIGINT and SIGTERM (the main process stops the run and
+    then ends its workers)."""
+    for signum in StopRequest.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, StopRequest.SIGNALS)

@@ -27,6 +27,7 @@ import dataclasses
 import math
 import os
 import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -45,8 +46,9 @@ from . import distributed as ED
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_atomic, write_json_atomic
 from .config import TrainConfig, resolve_device
 from .evaluate import evaluate_sharded
+from .folder import FolderLock
 from .logging import MetricsLogger, ProgressBar, format_row
-from .signals import StopRequest
+from .signals import StopRequest, stop_signals_blocked, worker_ignores_stop_signals
 
 __all__ = ["Trainer", "train", "NonFiniteLossError", "Interrupted", "config_differences", "Processes", "resolve_device", "build_data_and_model",
            "load_trained", "epoch_seed", "run_in_processes", "check_writable", "parameter_groups"]
@@ -56,6 +58,12 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+# One training per process: a run draws from torch's global RNG (initialisation, dropout), which threads share, so
+# two runs in two threads would interleave their draws and neither would reproduce.
+ACTIVE_RUN = threading.Lock()
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM asked the run to stop (raised between steps, never inside a write)."""
 
@@ -63,6 +71,11 @@ class Interrupted(Exception):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
         self.name = signal.Signals(signum).name
+
+
+def is_worker_killed(err: BaseException) -> bool:
+    """Whether ``err`` is the DataLoader's report of a worker process ended by a signal."""
+    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err) and "killed by signal" in str(err)
 
 
 def check_writable(directory: Path) -> None:
@@ -193,6 +206,9 @@ class Trainer:
         self.communication: Optional[Dict[str, Any]] = None
         self.prepared = False
         self.status, self.signal, self.error = "created", None, None
+        self.stop = StopRequest()
+        self.lock = FolderLock(self.out, "run")
+        self.claimed = False
 
     @property
     def writes(self) -> bool:
@@ -202,10 +218,15 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
 
     def set_up(self) -> None:
-        """Data, model, method, optimiser and schedule; refuses to overwrite a finished run."""
+        """Data, model, method, optimiser and schedule; refuses to overwrite a finished run.
+
+        The process that writes the output directory locks it first (:class:`FolderLock`): a second run into the
+        same directory is refused before it touches anything.
+        """
         config, device = self.config, self.device
         if self.writes:
             check_writable(self.out)
+            self.lock.acquire()
             for stale in self.out.glob(".*.tmp*"):  # left by a process killed mid-write (SIGKILL, power loss)
                 stale.unlink(missing_ok=True)
         if config.checkpoint:
@@ -234,6 +255,9 @@ class Trainer:
             across = f" × {world} processes" if self.procs.distributed else ""
             raise ValueError(f"batch_size ({self.batch_size}{across}) is larger than the training set "
                              f"({len(self.splits.train)})")
+        if self.batch_size == 1 and any(isinstance(m, BATCH_NORMS) for m in self.model.modules()):
+            raise ValueError(f"batch_size 1: model {config.model!r} has batch normalisation, which cannot train on one "
+                             "example per batch (per process); use batch_size >= 2")
         self.steps_per_epoch = (len(self.splits.train) // world) // self.batch_size
         groups = parameter_groups(self.model, config.weight_decay)
         if config.optimizer == "adam":
@@ -332,8 +356,9 @@ class Trainer:
             order = dict(sampler=sampler)
         else:
             order = dict(shuffle=True, generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 2))
+        workers = dict(num_workers=config.workers, worker_init_fn=worker_ignores_stop_signals) if config.workers else {}
         return DataLoader(self.splits.train, batch_size=self.batch_size, drop_last=True,
-                          num_workers=config.workers, pin_memory=self.device.type == "cuda", **order)
+                          pin_memory=self.device.type == "cuda", **workers, **order)
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         """One pass over the training data; returns the epoch's row of metrics."""
@@ -347,8 +372,10 @@ class Trainer:
         self.model.train()
         bar = ProgressBar(len(loader), config.progress and procs.main, f"epoch {epoch + 1}/{config.epochs}")
         start, loss_sum, seen = time.perf_counter(), 0.0, 0
+        with stop_signals_blocked():  # the workers start here: a signal to the process group must not end them
+            batches = iter(loader)
         try:
-            for x, y in loader:
+            for step, (x, y) in enumerate(batches):
                 x, y = self.with_unlabelled(x, y)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_amp):
@@ -357,9 +384,10 @@ class Trainer:
                 logged = D.mean_across_ranks(loss.detach().float()) if procs.distributed else loss
                 if not torch.isfinite(logged):
                     where = " on at least one process" if procs.distributed else ""
-                    kept = self.checkpoint_path if config.checkpoint else "none written"
-                    raise NonFiniteLossError(f"loss became {logged.item()}{where} at epoch {epoch + 1}; stopped. "
-                                             f"The last good checkpoint ({kept}) is kept. Try a lower --lr.")
+                    kept = (f"The last good checkpoint ({self.checkpoint_path}, epoch {epoch}) is kept."
+                            if config.checkpoint and epoch > 0 else "No checkpoint was written.")
+                    raise NonFiniteLossError(f"loss became {logged.item()}{where} at epoch {epoch + 1}, step "
+                                             f"{step + 1}; stopped. {kept} Try a lower --lr.")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -430,18 +458,46 @@ class Trainer:
     # ------------------------------------------------------------------ the run
 
     def run(self) -> Dict[str, Any]:
-        """Prepare (if not done yet), train every remaining epoch; returns the summary (also summary.json)."""
+        """Prepare (if not done yet), train every remaining epoch; returns the summary (also summary.json).
+
+        On the way out, also on errors, the output directory's lock and the process's claim are released.
+        """
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), StopRequest() as self.stop:
-            return self._run()
+        try:
+            with torch.random.fork_rng(devices=devices), self.stop:
+                return self._run()
+        finally:
+            self.close()
 
     def prepare(self) -> "Trainer":
-        """:meth:`set_up` and :meth:`resume`: every check of the input (data, method, checkpoint) before training."""
-        if not self.prepared:
-            self.set_up()
-            self.resume()
-            self.prepared = True
+        """:meth:`set_up` and :meth:`resume`: every check of the input (data, method, checkpoint) before training.
+
+        SIGINT/SIGTERM during set-up are kept, not lost: set-up finishes, then :class:`Interrupted` is raised.
+        A process prepares and runs one trainer at a time (``RuntimeError`` for a second one in another thread).
+        """
+        if self.prepared:
+            return self
+        if not ACTIVE_RUN.acquire(blocking=False):
+            raise RuntimeError("another Trainer is preparing or running in this process: runs share torch's global "
+                               "random state, so a process trains one run at a time (run several in processes)")
+        self.claimed = True
+        try:
+            with self.stop:
+                self.set_up()
+                self.resume()
+                self.check_stop()
+        except BaseException:
+            self.close()
+            raise
+        self.prepared = True
         return self
+
+    def close(self) -> None:
+        """Release the output directory's lock and this process's claim to train (:meth:`run` does it on exit)."""
+        self.lock.release()
+        if self.claimed:
+            self.claimed = False
+            ACTIVE_RUN.release()
 
     def _run(self) -> Dict[str, Any]:
         config, procs = self.config, self.procs
@@ -479,9 +535,13 @@ class Trainer:
             self.signal = stop.name if isinstance(stop, Interrupted) else "SIGINT"
             self.save_interrupted(epoch)
         except BaseException as err:
-            self.status, self.error = "failed", f"{type(err).__name__}: {err}"
-            self.write_summary(quiet=True)
-            raise
+            if self.stop.signum is not None and is_worker_killed(err):  # the group's signal reached a worker anyway
+                self.status, self.signal = "interrupted", self.stop.name
+                self.save_interrupted(epoch)
+            else:
+                self.status, self.error = "failed", f"{type(err).__name__}: {err}"
+                self.write_summary(quiet=True)
+                raise
         finally:
             self.metrics.close()
         summary = self.write_summary()
@@ -502,9 +562,15 @@ class Trainer:
         if self.writes:
             save_atomic({"epoch": epoch, "model": self.model.state_dict(), "interrupted": True},
                         self.out / "interrupted.pt")
-        if self.procs.main:
-            print(f"\n{self.signal}: stopped during epoch {epoch + 1}; {self.checkpoint_path} holds epoch "
-                  f"{len(self.history)}; run again with --resume to continue", flush=True)
+        if not self.procs.main:
+            return
+        if self.history and self.config.checkpoint:
+            advice = f"{self.checkpoint_path} holds epoch {len(self.history)}; run again with --resume to continue"
+        elif self.history:
+            advice = "checkpoints are off, so there is nothing to resume"
+        else:
+            advice = "no epoch was completed, so there is nothing to resume; run the same command to start over"
+        print(f"\n{self.signal}: stopped during epoch {epoch + 1}; {advice}", flush=True)
 
     def summary(self) -> Dict[str, Any]:
         """The run's state as JSON: status (running / interrupted / failed / completed / stopped), final metrics."""

@@ -5,6 +5,7 @@ Real processes, real signals and real files: a second ``multimix train`` compete
 first one (fault_driver.py ``pause@step:K``).
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,11 +16,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from multimix.cli import main
-from multimix.engine import CheckpointError, Trainer, load_checkpoint
+from multimix.engine import CheckpointError, TrainConfig, Trainer, load_checkpoint
 from multimix.engine.checkpoint import save_atomic
 from multimix.engine.folder import FolderBusyError, FolderLock
 
@@ -108,7 +110,7 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_leaves_the_first_intact(
     assert second.returncode == 2
     err = second.stderr.strip()
     assert len(err.splitlines()) == 1, err
-    assert f"pid {first.pid}" in err and socket.gethostname() in err and "in use by another run" in err
+    assert f"in use by a run (pid {first.pid} on host {socket.gethostname()})" in err
     assert (run / ".last.pt.tmp999999").exists(), "the refused run deleted the holder's temporary file"
     (tmp_path / "go").touch()
     assert first.wait(timeout=120) == 0, first.stderr.read()
@@ -146,10 +148,17 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
 def test_folder_lock_in_process(tmp_path):
     with FolderLock(tmp_path / "out", "sweep") as held:
         assert held.held
-        with pytest.raises(FolderBusyError, match=f"in use by another sweep \\(pid {os.getpid()} on host"):
-            FolderLock(tmp_path / "out", "sweep").acquire()
+        with pytest.raises(FolderBusyError, match=f"in use by a sweep \\(pid {os.getpid()} on host"):
+            FolderLock(tmp_path / "out", "run").acquire()
     with FolderLock(tmp_path / "out"):  # released: free again
         pass
+
+
+def test_a_bench_into_a_busy_folder_is_refused_in_one_line(tmp_path, capsys):
+    with FolderLock(tmp_path / "bench", "bench"):
+        assert main(["bench", "--out-dir", str(tmp_path / "bench"), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"in use by a bench (pid {os.getpid()}" in err
 
 
 # ------------------------------------------------------------------ signals and interrupts
@@ -215,3 +224,76 @@ def test_batch_norm_with_one_example_per_batch_is_refused_before_training(tiny, 
     with pytest.raises(ValueError, match="batch_size 1: model 'cnn1d' has batch normalisation"):
         Trainer(tiny(tmp_path, batch_size=1)).prepare()
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / ".lock").exists()
+
+
+# ------------------------------------------------------------------ every kind of run's checkpoint is safe to load
+
+def write_fsdd(root):
+    """``root/recordings``: 2 speakers × 2 digits × 4 takes of 8 kHz tones whose pitch is the digit."""
+    from scipy.io import wavfile
+
+    folder = root / "recordings"
+    folder.mkdir(parents=True)
+    for s, speaker in enumerate(("alice", "bob")):
+        for digit in (0, 1):
+            for take in range(4):
+                t = np.arange(2400 + 400 * take) / 8000
+                tone = 0.5 * np.sin(2 * np.pi * (300 + 200 * digit + 20 * s) * t)
+                wavfile.write(folder / f"{digit}_{speaker}_{take}.wav", 8000, (tone * 30000).astype(np.int16))
+    return root
+
+
+def kind_config(kind, tmp_path, image_folder):
+    base = dict(epochs=1, progress=False, out_dir=str(tmp_path / "run"), device="cpu")
+    mnist = dict(dataset="mnist1d", num_train=128, num_test=64, width=8, batch_size=32)
+    if kind == "plain":
+        return TrainConfig(**base, **mnist, method="multimix", method_args={"n": 32})
+    if kind == "distill":
+        return TrainConfig(**base, **mnist, method="multimix", distill={"warmup_steps": 1})
+    if kind == "best_val":
+        return TrainConfig(**base, **mnist, val_size=32, select="best_val")
+    if kind == "images":
+        return TrainConfig(**base, dataset="imagefolder", data_dir=str(image_folder), image_size=16,
+                           model="preact_resnet_small", width=4, batch_size=6, method="cutmix")
+    if kind == "adult":
+        from test_tabular import write_adult
+        return TrainConfig(**base, dataset="adult", data_dir=str(write_adult(tmp_path / "adult")), model="mlp",
+                           batch_size=4, method="multimix")
+    if kind == "audio":
+        return TrainConfig(**base, dataset="fsdd:loso=bob", data_dir=str(write_fsdd(tmp_path / "fsdd")),
+                           model="speech_cnn", width=4, batch_size=4, method="dense_multimix", method_args={"n": 8})
+    if kind == "graph":
+        from test_graph import write_planetoid
+        write_planetoid(tmp_path / "planetoid" / "Cora" / "raw")
+        return TrainConfig(**base, dataset="planetoid:Cora", data_dir=str(tmp_path / "planetoid"), model="gcn",
+                           batch_size=None, optimizer="adam", lr=0.01, val_size=50, select="best_val",
+                           distill={"warmup_steps": 1}, unlabelled_batch=16)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["plain", "distill", "best_val", "images", "adult", "audio", "graph"])
+def test_every_kind_of_run_writes_a_checkpoint_that_loads_safely_and_resumes(kind, tmp_path, image_folder,
+                                                                              monkeypatch):
+    monkeypatch.setenv("MULTIMIX_CACHE", str(tmp_path / "cache"))
+    config = kind_config(kind, tmp_path, image_folder)
+    assert Trainer(config).run()["status"] == "completed"
+    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)  # raises if not plain
+    assert state["epoch"] == 1
+    resumed = Trainer(dataclasses.replace(config, epochs=2, resume=True)).run()
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 2
+
+
+def test_resume_with_other_data_is_refused(tmp_path, capsys):
+    """The same settings over other files (another --data-dir, or a changed file) must not continue the run."""
+    from test_graph import write_planetoid
+
+    for seed, root in enumerate(("a", "b")):
+        write_planetoid(tmp_path / root / "Cora" / "raw", seed=seed)
+    args = ["train", "--config", "cora_gcn", "--val-size", "50", "--epochs", "2", "--no-progress", "--out-dir",
+            str(tmp_path / "run")]
+    assert main([*args, "--data-dir", str(tmp_path / "a"), "--stop-after-epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--data-dir", str(tmp_path / "b"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was trained on other data (fingerprint" in err
+    assert main([*args, "--data-dir", str(tmp_path / "a"), "--resume"]) == 0

@@ -23,6 +23,7 @@ import torch
 
 from .engine import (CheckpointError, DistributedError, NonFiniteLossError, TrainConfig, Trainer, bundled_configs,
                      load_recipe, resolve_device)
+from .engine.folder import FolderLock
 from .engine.signals import exit_status
 from .engine.trainer import Interrupted, check_writable, run_in_processes
 from .methods import METHODS, SelfDistillation, distill_settings, method_settings
@@ -183,6 +184,12 @@ def keep_methods(items, names: Optional[str], what: str):
 
 
 def run_bench_command(args) -> int:
+    """``multimix bench``, holding its output folder's lock: a second bench into the same folder is refused."""
+    with FolderLock(Path(args.out_dir), "bench"):
+        return bench_command(args)
+
+
+def bench_command(args) -> int:
     from .experiments.bench import (DEFAULT_CONFIG, evaluate_once_unless_best_val, evaluation_table, markdown_table,
                                     run_bench)
     from .experiments.entries import ENTRIES_PATH, GRID_PATH, bench_file, load_entries, load_grid
@@ -370,6 +377,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Interrupted as stop:  # bench/tune: a run was stopped by a signal; the runs before it are on disk
         print(f"multimix {args.command}: stopped by {stop.name}", file=sys.stderr)
         return exit_status(stop.signum)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run's handlers: out at once, in one line
+        print(f"multimix {args.command}: stopped by SIGINT", file=sys.stderr)
+        return exit_status(signal.SIGINT)
     except USER_ERRORS as err:
         print(f"multimix {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -42,9 +42,10 @@ class FolderBusyError(OSError):
 class FolderLock:
     """Context manager: hold an exclusive lock on ``folder`` (created if needed) until :meth:`release`.
 
-    ``what`` names the holder's kind in the refusal (``"run"``, ``"sweep"``).
-    Refusal is immediate (no waiting): :class:`FolderBusyError` naming the
-    holder's pid and host.
+    ``what`` names the holder's kind, written into the lock file for the
+    refusals of others (``"run"``, ``"bench"``, ``"sweep"``). Refusal is
+    immediate (no waiting): :class:`FolderBusyError` naming the holder's kind,
+    pid and host.
     """
 
     def __init__(self, folder: Path, what: str = "run"):
@@ -69,8 +70,8 @@ class FolderLock:
                 os.close(fd)
                 if err.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
                     raise
-                raise FolderBusyError(f"{self.folder} is in use by another {self.what} ({self.holder()}); wait for "
-                                      "it to end, or choose another --out-dir") from None
+                raise FolderBusyError(f"{self.folder} is in use by {self.holder()}; wait for it to end, or choose "
+                                      "another --out-dir") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -79,19 +80,19 @@ class FolderLock:
                 break
             os.close(fd)  # the previous holder removed the file between our open and our lock: lock the new one
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        os.write(fd, f"a {self.what} (pid {os.getpid()} on host {socket.gethostname()})\n".encode())
         os.fsync(fd)
         self.fd = fd
         return self
 
     def holder(self) -> str:
-        """The holder's ``pid N on host H`` as it wrote it (bounded), or a placeholder."""
+        """The holder's ``a KIND (pid N on host H)`` as it wrote it (bounded), or a placeholder."""
         try:
             with open(self.path, "rb") as f:
                 text = f.read(HOLDER_BYTES).decode("utf-8", "replace").strip()
         except OSError:
             text = ""
-        return text.splitlines()[0][:HOLDER_BYTES] if text else "holder unknown"
+        return text.splitlines()[0][:HOLDER_BYTES] if text else "another process (holder unknown)"
 
     def release(self) -> None:
         if self.fd is None:

@@ -321,7 +321,8 @@ class Trainer:
 
         The learning-rate schedule is rebuilt for this run's ``epochs`` and advanced to the checkpoint's step,
         so a longer ``--epochs`` extends the schedule instead of restarting it. A checkpoint of another run
-        (method, model, data, optimisation) is refused with the list of differences.
+        (method, model, data, optimisation) is refused with the list of differences, and so is other data under the
+        same settings (another ``data_dir``, changed files: the data's fingerprint differs).
         """
         if not self.config.resume:
             return
@@ -334,6 +335,11 @@ class Trainer:
         if differences:
             raise CheckpointError(f"--resume: {path} is from another run ({'; '.join(differences)}); use the same "
                                   "settings, or another --out-dir for a new run")
+        before, now = state.get("data_fingerprint"), self.splits.fingerprint
+        if before is not None and now is not None and before != now:  # checkpoints before 0.2 carry none
+            raise CheckpointError(f"--resume: {path} was trained on other data (fingerprint {before} → {now}, "
+                                  f"dataset {self.config.dataset}, data_dir {self.config.data_dir}); resume with the "
+                                  "run's data, or start a new run in another --out-dir")
         load_into(self.model, state["model"], "model", path)
         load_into(self.optimizer, state["optimizer"], "optimizer", path)
         self.scheduler = self.make_scheduler(start_step=state["epoch"] * self.steps_per_epoch)
@@ -451,7 +457,7 @@ class Trainer:
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "teacher": self.distill.state_dict() if self.distill else None,
             "config": self.config.to_dict(), "history": self.history, "world_size": self.procs.world,
-            "steps_per_epoch": self.steps_per_epoch, "best": self.best,
+            "steps_per_epoch": self.steps_per_epoch, "best": self.best, "data_fingerprint": self.splits.fingerprint,
         }, self.checkpoint_path)
         (self.out / "interrupted.pt").unlink(missing_ok=True)  # older than last.pt now
 

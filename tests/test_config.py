@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-import multimix.engine.trainer as trainer_module
+import multimix.engine.build as build_module
 from multimix.cli import main
 from multimix.engine import TrainConfig, bundled_configs, load_recipe
 from multimix.engine.config import read_yaml
@@ -18,7 +18,7 @@ def no_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was loaded before the config was checked")
 
-    monkeypatch.setattr(trainer_module, "load_dataset", refuse)
+    monkeypatch.setattr(build_module, "load_dataset", refuse)
 
 
 def recipe(tmp_path, text, name="recipe.yaml"):

@@ -28,7 +28,7 @@ from multimix.contract import MixableClassifier
 from multimix.methods import ERM, DenseMultiMixMethod, MultiMixMethod
 from multimix.engine import Trainer, TrainConfig, load_checkpoint, train
 from multimix.engine import distributed as ED
-from multimix.engine.trainer import epoch_seed
+from multimix.engine.processes import epoch_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # = the torchrun command

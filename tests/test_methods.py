@@ -438,7 +438,7 @@ def test_timm_adapter_forwards_the_models_no_weight_decay():
     """A ViT's position embedding and class token stay undecayed through the adapter, as timm's optimiser
     factory leaves them; everything else (including the shared classifier) is decayed."""
     timm = pytest.importorskip("timm")
-    from multimix.engine.trainer import parameter_groups
+    from multimix.engine.build import parameter_groups
 
     raw = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8)
     model = adapt(raw)

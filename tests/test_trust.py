@@ -297,3 +297,36 @@ def test_resume_with_other_data_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was trained on other data (fingerprint" in err
     assert main([*args, "--data-dir", str(tmp_path / "a"), "--resume"]) == 0
+
+
+# ------------------------------------------------------------------ files stay valid; messages say what is true
+
+def test_non_finite_numbers_are_written_as_null_and_every_file_stays_valid_json(tmp_path):
+    from multimix.engine.checkpoint import write_json_atomic
+    from multimix.engine.logging import MetricsLogger
+
+    write_json_atomic({"test_loss": float("nan"), "rows": [float("inf"), 1.5]}, tmp_path / "summary.json")
+    assert json.loads((tmp_path / "summary.json").read_text(), parse_constant=pytest.fail) == \
+        {"test_loss": None, "rows": [None, 1.5]}
+    logger = MetricsLogger(tmp_path, enabled=True)
+    logger.write([{"epoch": 1, "test_loss": float("nan")}])
+    logger.close()
+    line = (tmp_path / "metrics.jsonl").read_text().strip()
+    assert json.loads(line, parse_constant=pytest.fail) == {"epoch": 1, "test_loss": None}
+
+
+def test_a_non_finite_loss_in_the_first_epoch_does_not_claim_a_checkpoint(tiny, tmp_path, monkeypatch):
+    import multimix.engine.trainer as trainer_module
+    from multimix.engine import NonFiniteLossError
+
+    real = trainer_module.create_method
+
+    def poisoned(*args, **kwargs):
+        method = real(*args, **kwargs)
+        loss = method.__call__
+        method.__class__ = type("Poisoned", (type(method),), {"__call__": lambda self, *a: loss(*a) * float("nan")})
+        return method
+
+    monkeypatch.setattr(trainer_module, "create_method", poisoned)
+    with pytest.raises(NonFiniteLossError, match="at epoch 1, step 1; stopped. No checkpoint was written."):
+        Trainer(tiny(tmp_path)).run()

@@ -2,7 +2,12 @@
 
 - :mod:`.config`: :class:`TrainConfig` (every field typed and checked) and YAML recipes.
 - :mod:`.trainer`: :class:`Trainer` (set-up, resume, epoch, evaluate, save) and :func:`train`.
-- :mod:`.checkpoint`: atomic writes and checked reads of checkpoints.
+- :mod:`.build`: the run's data, model, optimiser and schedule from its config.
+- :mod:`.identity`: what a resumed run must share with its checkpoint; a trained model read back.
+- :mod:`.processes`: torchrun's processes around a run, per-rank seeds.
+- :mod:`.checkpoint`: atomic writes and checked reads of checkpoints (``weights_only``).
+- :mod:`.folder`: one writer per output folder (an exclusive lock).
+- :mod:`.signals`: SIGINT/SIGTERM as a request to stop between steps.
 - :mod:`.logging`: metrics files, TensorBoard, progress bar.
 - :mod:`.evaluate`: the trainer's accuracy/loss evaluation (also over torchrun processes).
 - :mod:`.distributed`: the trainer's side of torchrun (DDP step module, rank-0-first work, failures).
@@ -11,7 +16,10 @@
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import SCHEDULES, TrainConfig, bundled_configs, load_recipe
 from .distributed import DistributedError
-from .trainer import NonFiniteLossError, Trainer, build_data_and_model, load_trained, resolve_device, train
+from .build import build_data_and_model
+from .config import resolve_device
+from .identity import load_trained
+from .trainer import NonFiniteLossError, Trainer, train
 
 __all__ = ["TrainConfig", "SCHEDULES", "bundled_configs", "load_recipe", "Trainer", "train", "NonFiniteLossError",
            "CheckpointError", "DistributedError", "load_checkpoint", "load_trained", "build_data_and_model",

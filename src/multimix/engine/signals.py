@@ -25,7 +25,24 @@ import signal
 import threading
 from typing import Any, Dict, Iterator, Optional
 
-__all__ = ["StopRequest", "exit_status", "stop_signals_blocked", "worker_ignores_stop_signals"]
+__all__ = ["StopRequest", "Interrupted", "exit_status", "stop_signals_blocked", "worker_ignores_stop_signals",
+           "is_worker_killed"]
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM asked the run to stop (raised between steps, never inside a write)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+        self.name = signal.Signals(signum).name
+
+
+
+def is_worker_killed(err: BaseException) -> bool:
+    """Whether ``err`` is the DataLoader's report of a worker process ended by a signal."""
+    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err) and "killed by signal" in str(err)
+
 
 
 def exit_status(signum: int) -> int:

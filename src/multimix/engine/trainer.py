@@ -23,14 +23,10 @@ exits are meant to be read together, top to bottom, in one place.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import signal
 import threading
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -39,19 +35,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import distributed as D
 from ..contract import eval_mode
-from ..data import Splits, load_dataset
 from ..methods import METHODS, UNLABELLED, Method, SelfDistillation, create_method
-from ..models import build_model
 from . import distributed as ED
+from .build import build_data_and_model, check_batch_norm, make_optimizer, make_scheduler
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_atomic, write_json_atomic
 from .config import TrainConfig, resolve_device
 from .evaluate import evaluate_sharded
 from .folder import FolderLock
+from .identity import config_differences
 from .logging import MetricsLogger, ProgressBar, format_row
-from .signals import StopRequest, stop_signals_blocked, worker_ignores_stop_signals
+from .processes import Processes, check_writable, epoch_seed, run_in_processes
+from .signals import Interrupted, StopRequest, is_worker_killed, stop_signals_blocked, worker_ignores_stop_signals
 
-__all__ = ["Trainer", "train", "NonFiniteLossError", "Interrupted", "config_differences", "Processes", "resolve_device", "build_data_and_model",
-           "load_trained", "epoch_seed", "run_in_processes", "check_writable", "parameter_groups"]
+__all__ = ["Trainer", "train", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,130 +57,6 @@ class NonFiniteLossError(RuntimeError):
 # One training per process: a run draws from torch's global RNG (initialisation, dropout), which threads share, so
 # two runs in two threads would interleave their draws and neither would reproduce.
 ACTIVE_RUN = threading.Lock()
-BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM asked the run to stop (raised between steps, never inside a write)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = int(signum)
-        self.name = signal.Signals(signum).name
-
-
-def is_worker_killed(err: BaseException) -> bool:
-    """Whether ``err`` is the DataLoader's report of a worker process ended by a signal."""
-    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err) and "killed by signal" in str(err)
-
-
-def check_writable(directory: Path) -> None:
-    """Create ``directory`` and write and remove a probe file in it, so that an unwritable output directory
-    fails before any work (with the OSError naming the path)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    probe = directory / f".write-test-{os.getpid()}"
-    probe.write_bytes(b"")
-    probe.unlink()
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """The seed of every random draw of one epoch of one process (rank 0: the single-process stream)."""
-    base = (seed * 1_000_003 + epoch * 7919 + 1) % (2**63 - 1)
-    return (base + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """Optimiser parameter groups: ``weight_decay`` for every parameter except those the model names in
-    ``no_weight_decay()`` (timm's convention; the GCN decays its first layer only, as Kipf & Welling do)."""
-    skip = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
-    named = list(model.named_parameters())
-    unknown = skip - {name for name, _ in named}
-    if unknown:
-        raise ValueError(f"{type(model).__name__}.no_weight_decay() names unknown parameters {sorted(unknown)}")
-    groups = [{"params": [p for n, p in named if n not in skip], "weight_decay": weight_decay},
-              {"params": [p for n, p in named if n in skip], "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
-
-
-def build_data_and_model(config: TrainConfig, device) -> Tuple[Splits, torch.nn.Module]:
-    """The run's data splits and its freshly initialised model (weights fixed by ``config.seed``).
-
-    The initialisation draws from a forked global RNG: the caller's state is untouched.
-    """
-    splits = load_dataset(config.dataset, data_dir=config.data_dir, num_train=config.num_train,
-                          num_test=config.num_test, num_val=config.val_size, download=config.download,
-                          augment=config.augment, image_size=config.image_size, seed=config.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_model(config.model, num_classes=splits.num_classes, input_shape=splits.input_shape,
-                            width=config.width, input_dtype=splits.input_dtype, graph=splits.graph)
-    return splits, model.to(device)
-
-
-def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Splits, torch.nn.Module]:
-    """(config, splits, model with the checkpoint's weights) from a checkpoint written by the trainer.
-
-    The weights are the run's result: the last epoch's, or with ``select="best_val"`` the best validation epoch's.
-
-    ``overrides`` replace config fields (e.g. ``data_dir`` when the data moved).
-    """
-    state = load_checkpoint(path)
-    if "config" not in state:
-        raise CheckpointError(f"checkpoint {path} carries no run configuration (an interrupted.pt?); use last.pt")
-    saved = dict(state["config"])
-    # Checkpoints of multimix <= 0.1 kept the mixing scope beside the method's settings.
-    scope = saved.pop("mix_scope", "local")
-    if scope != "local":
-        saved["method_args"] = {**saved.get("method_args", {}), "mix_scope": scope}
-    valid = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in saved.items() if k in valid})
-    # The device is where we load now, not where the checkpoint was trained (a GPU run evaluated on a laptop).
-    config = dataclasses.replace(config, **{"device": str(device), **overrides}).validate()
-    splits, model = build_data_and_model(config, resolve_device(device) if isinstance(device, str) else device)
-    # A select="best_val" run's result is its best validation epoch, kept beside the last epoch's weights.
-    best = state.get("best") if config.select == "best_val" else None
-    load_into(model, best["state"] if best else state["model"], "model", Path(path))
-    return config, splits, model
-
-
-# What a resumed run must share with the checkpoint's run (the rest, e.g. epochs, device, out_dir, may change).
-RUN_IDENTITY = ("dataset", "num_train", "num_test", "val_size", "image_size", "augment", "model", "width", "method",
-                "method_args", "distill", "unlabelled_batch", "seed", "batch_size", "optimizer", "lr", "momentum", "nesterov",
-                "weight_decay", "schedule", "milestones", "gamma", "select")
-
-
-def config_differences(saved: Dict[str, Any], config: TrainConfig) -> List[str]:
-    """``key: saved → now`` for every :data:`RUN_IDENTITY` field that differs (the mixing scope may change)."""
-    now = config.to_dict()
-    out = []
-    for key in RUN_IDENTITY:
-        before, after = saved.get(key), now[key]
-        if key == "method_args":
-            before = {k: v for k, v in (before or {}).items() if k != "mix_scope"}
-            after = {k: v for k, v in after.items() if k != "mix_scope"}
-        if key in saved and before != after:
-            out.append(f"{key}: {before!r} → {after!r}")
-    return out
-
-
-@dataclass(frozen=True)
-class Processes:
-    """Where this process stands among the torchrun processes (W = 1, rank 0 for a plain run)."""
-
-    world: int
-    rank: int
-
-    @classmethod
-    def current(cls) -> "Processes":
-        return cls(D.world_size(), D.rank())
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1 or D.is_distributed()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 class Trainer:
@@ -255,16 +127,9 @@ class Trainer:
             across = f" × {world} processes" if self.procs.distributed else ""
             raise ValueError(f"batch_size ({self.batch_size}{across}) is larger than the training set "
                              f"({len(self.splits.train)})")
-        if self.batch_size == 1 and any(isinstance(m, BATCH_NORMS) for m in self.model.modules()):
-            raise ValueError(f"batch_size 1: model {config.model!r} has batch normalisation, which cannot train on one "
-                             "example per batch (per process); use batch_size >= 2")
+        check_batch_norm(self.model, self.batch_size, config.model)
         self.steps_per_epoch = (len(self.splits.train) // world) // self.batch_size
-        groups = parameter_groups(self.model, config.weight_decay)
-        if config.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(groups, lr=config.lr)
-        else:
-            self.optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                                             nesterov=config.nesterov and config.momentum > 0)
+        self.optimizer = make_optimizer(self.model, config)
         self.scheduler = self.make_scheduler(start_step=0)
         self.use_amp = config.amp and device.type == "cuda"
         if self.procs.distributed and getattr(self.method, "mix_scope", "local") == "global" and self.procs.main:
@@ -283,22 +148,7 @@ class Trainer:
 
     def make_scheduler(self, start_step: int):
         """The learning-rate schedule over ``epochs × steps_per_epoch`` steps, advanced to ``start_step``."""
-        config, total = self.config, self.config.epochs * self.steps_per_epoch
-        if start_step:
-            for group in self.optimizer.param_groups:
-                group["lr"] = group.get("initial_lr", config.lr)
-        if config.schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
-        elif config.schedule == "step":
-            milestones = sorted(int(f * total) for f in config.milestones)
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=config.gamma)
-        else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
-            for _ in range(start_step):
-                scheduler.step()
-        return scheduler
+        return make_scheduler(self.optimizer, self.config, self.config.epochs * self.steps_per_epoch, start_step)
 
     def measure_communication(self) -> Dict[str, Any]:
         """Bytes per step of global mixing against the gradient all-reduce, from this model's tensor sizes."""
@@ -617,25 +467,3 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     :class:`multimix.engine.distributed.DistributedError`.
     """
     return run_in_processes(config, lambda device: Trainer(config, device).run())
-
-
-def run_in_processes(config: TrainConfig, fn):
-    """``fn(device)`` inside the torchrun process group (joined here, left on the way out, also on errors)."""
-    config.validate()
-    device = resolve_device(config.device)
-    owns_group = D.init_from_env(backend="nccl" if device.type == "cuda" else "gloo", timeout_s=config.dist_timeout)
-    try:
-        if D.is_distributed() and device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", D.local_rank())
-        return fn(device)
-    except Exception as err:
-        if D.is_distributed() and ED.is_collective_failure(err):
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ED.DistributedError(
-                f"rank {D.rank()} of {D.world_size()}: a collective failed — another process crashed, was killed or "
-                f"did not answer within --dist-timeout {config.dist_timeout:g} s (see the other ranks' output): "
-                f"{first}") from err
-        raise
-    finally:
-        if owns_group:
-            D.cleanup()

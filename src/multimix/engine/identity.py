@@ -1,0 +1,70 @@
+"""A run's identity: what a resumed run must share with its checkpoint, and a trained model read back.
+
+:data:`RUN_IDENTITY` lists the settings a ``--resume`` must keep (the rest,
+e.g. epochs, device, out_dir, may change); the data's fingerprint is checked
+beside them. :func:`load_trained` reads a checkpoint's configuration, migrating
+those of older versions, and rebuilds the model with the run's weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from ..data import Splits
+from .build import build_data_and_model
+from .checkpoint import CheckpointError, load_checkpoint, load_into
+from .config import TrainConfig, resolve_device
+
+__all__ = ["RUN_IDENTITY", "config_differences", "load_trained"]
+
+
+RUN_IDENTITY = ("dataset", "num_train", "num_test", "val_size", "image_size", "augment", "model", "width", "method",
+                "method_args", "distill", "unlabelled_batch", "seed", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+                "weight_decay", "schedule", "milestones", "gamma", "select")
+
+
+def config_differences(saved: Dict[str, Any], config: TrainConfig) -> List[str]:
+    """``key: saved → now`` for every :data:`RUN_IDENTITY` field that differs (the mixing scope may change)."""
+    now = config.to_dict()
+    out = []
+    for key in RUN_IDENTITY:
+        before, after = saved.get(key), now[key]
+        if key == "method_args":
+            before = {k: v for k, v in (before or {}).items() if k != "mix_scope"}
+            after = {k: v for k, v in after.items() if k != "mix_scope"}
+        if key in saved and before != after:
+            out.append(f"{key}: {before!r} → {after!r}")
+    return out
+
+
+
+def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Splits, torch.nn.Module]:
+    """(config, splits, model with the checkpoint's weights) from a checkpoint written by the trainer.
+
+    The weights are the run's result: the last epoch's, or with ``select="best_val"`` the best validation epoch's.
+
+    ``overrides`` replace config fields (e.g. ``data_dir`` when the data moved).
+    """
+    state = load_checkpoint(path)
+    if "config" not in state:
+        raise CheckpointError(f"checkpoint {path} carries no run configuration (an interrupted.pt?); use last.pt")
+    saved = dict(state["config"])
+    # Checkpoints of multimix <= 0.1 kept the mixing scope beside the method's settings.
+    scope = saved.pop("mix_scope", "local")
+    if scope != "local":
+        saved["method_args"] = {**saved.get("method_args", {}), "mix_scope": scope}
+    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in saved.items() if k in valid})
+    # The device is where we load now, not where the checkpoint was trained (a GPU run evaluated on a laptop).
+    config = dataclasses.replace(config, **{"device": str(device), **overrides}).validate()
+    splits, model = build_data_and_model(config, resolve_device(device) if isinstance(device, str) else device)
+    # A select="best_val" run's result is its best validation epoch, kept beside the last epoch's weights.
+    best = state.get("best") if config.select == "best_val" else None
+    load_into(model, best["state"] if best else state["model"], "model", Path(path))
+    return config, splits, model
+
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -19,7 +19,7 @@ from .build import build_data_and_model
 from .checkpoint import CheckpointError, load_checkpoint, load_into
 from .config import TrainConfig, resolve_device
 
-__all__ = ["RUN_IDENTITY", "config_differences", "load_trained"]
+__all__ = ["RUN_IDENTITY", "config_differences", "check_same_run", "load_trained"]
 
 
 RUN_IDENTITY = ("dataset", "num_train", "num_test", "val_size", "image_size", "augment", "model", "width", "method",
@@ -40,6 +40,20 @@ def config_differences(saved: Dict[str, Any], config: TrainConfig) -> List[str]:
             out.append(f"{key}: {before!r} → {after!r}")
     return out
 
+
+
+def check_same_run(state: Dict[str, Any], config: TrainConfig, fingerprint: Optional[str], path: Path) -> None:
+    """:class:`CheckpointError` unless checkpoint ``state`` is of this run: the same :data:`RUN_IDENTITY` settings
+    and the same data (``fingerprint``, the data's :attr:`~multimix.data.Splits.fingerprint`)."""
+    differences = config_differences(state.get("config", {}), config)
+    if differences:
+        raise CheckpointError(f"--resume: {path} is from another run ({'; '.join(differences)}); use the same "
+                              "settings, or another --out-dir for a new run")
+    before = state.get("data_fingerprint")
+    if before is not None and fingerprint is not None and before != fingerprint:  # checkpoints before 0.2 carry none
+        raise CheckpointError(f"--resume: {path} was trained on other data (fingerprint {before} → {fingerprint}, "
+                              f"dataset {config.dataset}, data_dir {config.data_dir}); resume with the run's data, or "
+                              "start a new run in another --out-dir")
 
 
 def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Splits, torch.nn.Module]:

@@ -17,8 +17,11 @@ differs is gathered in :class:`Processes` and :mod:`multimix.engine.distributed`
 DistributedDataParallel, a DistributedSampler, per-rank random streams, metrics
 averaged over ranks, files written by rank 0 only.
 
-The file is a little over 400 lines because the loop, its set-up and its
-exits are meant to be read together, top to bottom, in one place.
+Building the run's parts is in :mod:`.build`, the resume identity in
+:mod:`.identity`, process helpers in :mod:`.processes`. The file is still
+about 460 lines because the loop, its set-up and its exits (signals, the
+folder lock, failures) are meant to be read together, top to bottom, in one
+place.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_into, save_atomic
 from .config import TrainConfig, resolve_device
 from .evaluate import evaluate_sharded
 from .folder import FolderLock
-from .identity import config_differences
+from .identity import check_same_run
 from .logging import MetricsLogger, ProgressBar, format_row
 from .processes import Processes, check_writable, epoch_seed, run_in_processes
 from .signals import Interrupted, StopRequest, is_worker_killed, stop_signals_blocked, worker_ignores_stop_signals
@@ -181,15 +184,7 @@ class Trainer:
         state = ED.run_on_main(lambda: load_checkpoint(path) if path.exists() else None)
         if state is None:
             raise CheckpointError(f"--resume: no checkpoint at {path}; run without --resume to start a new run")
-        differences = config_differences(state.get("config", {}), self.config)
-        if differences:
-            raise CheckpointError(f"--resume: {path} is from another run ({'; '.join(differences)}); use the same "
-                                  "settings, or another --out-dir for a new run")
-        before, now = state.get("data_fingerprint"), self.splits.fingerprint
-        if before is not None and now is not None and before != now:  # checkpoints before 0.2 carry none
-            raise CheckpointError(f"--resume: {path} was trained on other data (fingerprint {before} → {now}, "
-                                  f"dataset {self.config.dataset}, data_dir {self.config.data_dir}); resume with the "
-                                  "run's data, or start a new run in another --out-dir")
+        check_same_run(state, self.config, self.splits.fingerprint, path)
         load_into(self.model, state["model"], "model", path)
         load_into(self.optimizer, state["optimizer"], "optimizer", path)
         self.scheduler = self.make_scheduler(start_step=state["epoch"] * self.steps_per_epoch)

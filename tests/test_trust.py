@@ -203,21 +203,31 @@ def test_an_interrupt_in_the_first_epoch_does_not_advise_resume(tmp_path):
 # ------------------------------------------------------------------ one training per process
 
 def test_a_second_concurrent_trainer_in_the_process_is_refused(tiny, tmp_path):
-    first = Trainer(tiny(tmp_path / "a")).prepare()
-    errors = []
+    first = Trainer(tiny(tmp_path / "a"))
+    training, go = threading.Event(), threading.Event()
+    real = first.train_epoch
 
-    def second():
-        try:
-            Trainer(tiny(tmp_path / "b")).prepare()
-        except RuntimeError as err:
-            errors.append(str(err))
+    def train_epoch(epoch):  # hold the first run inside its training
+        training.set()
+        go.wait(60)
+        return real(epoch)
 
-    thread = threading.Thread(target=second)
+    first.train_epoch = train_epoch
+    results = []
+    thread = threading.Thread(target=lambda: results.append(first.run()))
     thread.start()
+    assert training.wait(60)
+    with pytest.raises(RuntimeError, match="one run at a time"):
+        Trainer(tiny(tmp_path / "b")).prepare()
+    go.set()
     thread.join()
-    assert errors and "one run at a time" in errors[0]
-    assert first.run()["status"] == "completed"
-    Trainer(tiny(tmp_path / "b")).run()  # free again once the first ended
+    assert results[0]["status"] == "completed"
+    assert Trainer(tiny(tmp_path / "b")).run()["status"] == "completed"  # free again once the first ended
+
+
+def test_a_prepared_trainer_does_not_block_the_next_one(tiny, tmp_path):
+    Trainer(tiny(tmp_path / "a")).prepare()  # prepared, never run (inspected, say)
+    assert Trainer(tiny(tmp_path / "b")).run()["status"] == "completed"
 
 
 def test_batch_norm_with_one_example_per_batch_is_refused_before_training(tiny, tmp_path):

@@ -104,6 +104,12 @@ class FolderLock:
         os.close(self.fd)  # releases the lock
         self.fd = None
 
+    def __del__(self) -> None:  # a holder dropped without release (a prepared trainer never run)
+        try:
+            self.release()
+        except Exception:  # at interpreter exit os may be gone; the kernel releases the lock anyway
+            pass
+
     def __enter__(self) -> "FolderLock":
         return self.acquire()
 

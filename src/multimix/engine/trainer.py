@@ -26,12 +26,13 @@ place.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -311,11 +312,11 @@ class Trainer:
     def run(self) -> Dict[str, Any]:
         """Prepare (if not done yet), train every remaining epoch; returns the summary (also summary.json).
 
-        On the way out, also on errors, the output directory's lock and the process's claim are released.
+        On the way out, also on errors, the output directory's lock is released.
         """
         devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), self.stop:
+            with self.exclusive(), torch.random.fork_rng(devices=devices), self.stop:
                 return self._run()
         finally:
             self.close()
@@ -324,16 +325,11 @@ class Trainer:
         """:meth:`set_up` and :meth:`resume`: every check of the input (data, method, checkpoint) before training.
 
         SIGINT/SIGTERM during set-up are kept, not lost: set-up finishes, then :class:`Interrupted` is raised.
-        A process prepares and runs one trainer at a time (``RuntimeError`` for a second one in another thread).
         """
         if self.prepared:
             return self
-        if not ACTIVE_RUN.acquire(blocking=False):
-            raise RuntimeError("another Trainer is preparing or running in this process: runs share torch's global "
-                               "random state, so a process trains one run at a time (run several in processes)")
-        self.claimed = True
         try:
-            with self.stop:
+            with self.exclusive(), self.stop:
                 self.set_up()
                 self.resume()
                 self.check_stop()
@@ -343,12 +339,26 @@ class Trainer:
         self.prepared = True
         return self
 
-    def close(self) -> None:
-        """Release the output directory's lock and this process's claim to train (:meth:`run` does it on exit)."""
-        self.lock.release()
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """This process's claim to build or train, held for the block: a second trainer that prepares or runs
+        meanwhile (in another thread) gets ``RuntimeError``, since runs share torch's global random state."""
         if self.claimed:
+            yield
+            return
+        if not ACTIVE_RUN.acquire(blocking=False):
+            raise RuntimeError("another Trainer is preparing or running in this process: runs share torch's global "
+                               "random state, so a process trains one run at a time (run several in processes)")
+        self.claimed = True
+        try:
+            yield
+        finally:
             self.claimed = False
             ACTIVE_RUN.release()
+
+    def close(self) -> None:
+        """Release the output directory's lock (:meth:`run` does it on its way out)."""
+        self.lock.release()
 
     def _run(self) -> Dict[str, Any]:
         config, procs = self.config, self.procs

@@ -259,6 +259,56 @@ def test_truncated_or_corrupted_wav_names_the_file(tmp_path):
         read_wav(garbage)
 
 
+@pytest.mark.parametrize("value, dtype, expected", [
+    (np.nan, np.float32, "is not finite (nan)"),
+    (-np.inf, np.float32, "is not finite (-inf)"),
+    (3e7, np.float32, "is 3e+07, beyond the ±1e+06 accepted (a corrupt value?)"),
+    (1e300, np.float64, "is 1e+300, beyond the ±1e+06 accepted (a corrupt value?)"),  # inf once made float32
+])
+def test_non_finite_or_absurd_samples_are_refused_naming_file_and_sample(fsdd_root, cache, value, dtype, expected):
+    wave = (_tone(2, 6, 0) / 32768).astype(dtype)  # a float WAV (full scale 1)
+    wave[:5] = [1.5, -1.5, 0.9, 1e-30, 0.0]  # a little beyond full scale is still audio
+    assert np.array_equal(read_wav(_write(fsdd_root / "recordings" / "2_alice_6.wav", data=wave)),
+                          wave.astype(np.float32))
+    wave[1234] = value
+    bad = _write(fsdd_root / "recordings" / "2_alice_6.wav", data=wave)
+    with pytest.raises(ValueError) as err:
+        fsdd(fsdd_root, cache_dir=cache)
+    assert str(err.value) == f"{bad} sample 1234 {expected}"
+    assert not list(cache.glob("*.npz"))  # refused before any features were cached
+
+
+def test_a_cache_with_non_finite_features_is_computed_again(fsdd_root, cache):
+    first = fsdd(fsdd_root, cache_dir=cache)
+    [path] = cache.glob("fsdd-logmel-*.npz")
+    with np.load(path) as stored:
+        features, names = stored["features"], stored["names"]
+    features[3, 5, 7] = np.nan
+    np.savez(path, features=features, names=names)
+    again = fsdd(fsdd_root, cache_dir=cache)
+    assert torch.isfinite(again.train.tensors[0]).all() and torch.isfinite(again.test.tensors[0]).all()
+    assert torch.equal(again.test.tensors[0], first.test.tensors[0])
+    with np.load(path) as stored:
+        assert np.isfinite(stored["features"]).all()  # replaced
+
+
+def test_the_fingerprint_identifies_the_recordings(fsdd_root, cache, tmp_path):
+    import shutil
+
+    first = fsdd(fsdd_root, cache_dir=cache).fingerprint
+    assert len(first) == 16
+    assert fsdd(fsdd_root / "recordings", test_speaker="bob", num_val=2, cache_dir=cache).fingerprint == first
+    copy = tmp_path / "copy"
+    shutil.copytree(fsdd_root, copy)
+    assert fsdd(copy, cache_dir=cache).fingerprint == first  # the same files elsewhere
+    data = bytearray((copy / "recordings" / "1_bob_7.wav").read_bytes())
+    data[-1] ^= 1  # one bit of one sample: the same size, name and feature cache key length
+    (copy / "recordings" / "1_bob_7.wav").write_bytes(bytes(data))
+    assert fsdd(copy, cache_dir=cache).fingerprint != first
+    (copy / "recordings" / "1_bob_7.wav").rename(copy / "recordings" / "1_bob_8.wav")
+    assert fsdd(copy, cache_dir=cache).fingerprint != first
+
+
 def test_stereo_file_names_the_file(tmp_path):
     stereo = _write(tmp_path / "0_x_0.wav", data=np.stack([_tone(0, 0, 0)] * 2, axis=1))
     with pytest.raises(ValueError, match=r"0_x_0\.wav.*2 channels"):

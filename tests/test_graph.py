@@ -733,7 +733,7 @@ def test_unlabelled_batch_needs_a_teacher_and_unlabelled_data(cora, tmp_path):
 
 
 def test_only_the_first_gcn_layer_is_weight_decayed(cora, tmp_path):
-    from multimix.engine.trainer import parameter_groups
+    from multimix.engine.build import parameter_groups
 
     trainer = Trainer(gcn_config(cora, tmp_path / "wd", checkpoint=False)).prepare()
     groups = trainer.optimizer.param_groups
@@ -747,3 +747,209 @@ def test_only_the_first_gcn_layer_is_weight_decayed(cora, tmp_path):
     plain.no_weight_decay = lambda: {"bias", "scale"}
     with pytest.raises(ValueError, match=r"unknown parameters \['scale'\]"):
         parameter_groups(plain, 0.1)
+
+
+# ------------------------------------------------------------------ untrusted raw files
+
+class Payload:
+    """Unpickles as ``os.system(command)``: what a crafted Planetoid file can carry."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+        return os.system, (self.command,)
+
+
+def _dump(raw: Path, name: str, obj, protocol: int = 4) -> None:
+    with open(raw / f"ind.cora.{name}", "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def _load(raw: Path, name: str):
+    with open(raw / f"ind.cora.{name}", "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _graph_with_payload(raw: Path, marker: Path) -> None:
+    graph = _load(raw, "graph")
+    graph[5].append(Payload(f"touch '{marker}'"))  # inside a neighbour list, as a real attack would hide it
+    _dump(raw, "graph", graph, protocol=2)
+
+
+def test_a_graph_pickle_carrying_code_is_refused_and_the_code_never_runs(cora_copy, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    raw = cora_copy / "Cora" / "raw"
+    marker = tmp_path / "payload-ran"
+    _graph_with_payload(raw, marker)
+    with pytest.raises(ValueError) as err:
+        planetoid(cora_copy, "Cora")
+    message = _one_line(err)
+    assert str(raw / "ind.cora.graph") in message and "refused to unpickle" in message and "system" in message
+    assert not marker.exists()
+    # the command line in a process of its own: exit 2 in one line before any training, and still nothing ran
+    done = subprocess.run([sys.executable, "-m", "multimix.cli", "train", "--dataset", "planetoid:Cora", "--data-dir",
+                           str(cora_copy), "--model", "gcn", "--epochs", "1", "--no-progress", "--out-dir",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    stderr = done.stderr.strip()
+    assert done.returncode == 2 and "\n" not in stderr, stderr
+    assert stderr.startswith(f"multimix train: error: {raw / 'ind.cora.graph'}: refused to unpickle "
+                             f"'{os.system.__module__}.system'")  # posix.system, or nt.system on Windows
+    assert not marker.exists() and not (tmp_path / "run" / "last.pt").exists()
+    # the file is a working attack: PyTorch Geometric's own reader runs it
+    geometric = pytest.importorskip("torch_geometric.io")
+    try:
+        geometric.read_planetoid_data(str(raw), "cora")
+    except Exception:
+        pass  # the payload's return value is no node id; what matters is that it ran
+    assert marker.exists()
+
+
+def test_download_fetches_only_the_missing_files_and_never_unpickles_with_pyg(cora, cora_copy, tmp_path, monkeypatch):
+    """Before, --download handed the folder to PyG's Planetoid class, which unpickled whatever files it found."""
+    import torch_geometric.data
+
+    raw = cora_copy / "Cora" / "raw"
+    marker = tmp_path / "payload-ran"
+    _graph_with_payload(raw, marker)
+    (raw / "ind.cora.ty").unlink()
+    fetched = []
+
+    def fake_download(url, folder, log=True, filename=None):  # the network, served from the fixture's files
+        name = url.rsplit("/", 1)[1]
+        fetched.append(url)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(cora.root / "Cora" / "raw" / name, Path(folder) / name)
+        return str(Path(folder) / name)
+
+    monkeypatch.setattr(torch_geometric.data, "download_url", fake_download)
+    with pytest.raises(ValueError, match="refused to unpickle"):
+        planetoid(cora_copy, "Cora", download=True)
+    assert fetched == ["https://github.com/kimiyoung/planetoid/raw/master/data/ind.cora.ty"]
+    assert not marker.exists() and not (cora_copy / "Cora" / "processed").exists()
+    empty = tmp_path / "empty"
+    splits = planetoid(empty, "Cora", download=True)  # all eight fetched into empty/Cora/raw
+    assert len(fetched) == 9 and len(splits.test) == NUM_TEST
+    assert sorted(p.name for p in (empty / "Cora").iterdir()) == ["raw"]
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_the_restricted_reader_gives_pytorch_geometrics_data(cora_copy, protocol):
+    """Every pickle protocol (the originals are protocol 2 from Python 2), the same tensors as PyG's reader."""
+    from torch_geometric.io import read_planetoid_data
+
+    from multimix.data.graph import read_planetoid
+
+    raw = cora_copy / "Cora" / "raw"
+    for name in ("x", "tx", "allx", "y", "ty", "ally", "graph"):
+        _dump(raw, name, _load(raw, name), protocol=protocol)
+    ours, _ = read_planetoid(raw, "Cora")
+    theirs = read_planetoid_data(str(raw), "cora")
+    for key in ("x", "y", "edge_index", "train_mask", "val_mask", "test_mask"):
+        assert torch.equal(getattr(ours, key), getattr(theirs, key)), key
+
+
+def test_citeseers_gaps_in_the_test_range_match_pytorch_geometric(cora, tmp_path):
+    """CiteSeer's test range has isolated nodes without a tx row: they get zero rows, as in PyG's reader."""
+    from torch_geometric.io import read_planetoid_data
+
+    from multimix.data.graph import read_planetoid
+
+    raw = tmp_path / "CiteSeer" / "raw"
+    raw.mkdir(parents=True)
+    for path in (cora.root / "Cora" / "raw").iterdir():
+        shutil.copy(path, raw / path.name.replace("ind.cora.", "ind.citeseer."))
+    order = cora.test_index
+    keep = np.array([node not in (NUM_ALLX + 3, NUM_ALLX + 17) for node in order])  # neither end of the range
+    for name in ("tx", "ty"):
+        with open(raw / f"ind.citeseer.{name}", "rb") as f:
+            rows = pickle.load(f)
+        with open(raw / f"ind.citeseer.{name}", "wb") as f:
+            pickle.dump(rows[np.flatnonzero(keep)], f)
+    (raw / "ind.citeseer.test.index").write_text("".join(f"{i}\n" for i in order[keep]))
+    ours, _ = read_planetoid(raw, "CiteSeer")
+    theirs = read_planetoid_data(str(raw), "citeseer")
+    for key in ("x", "y", "edge_index", "train_mask", "val_mask", "test_mask"):
+        assert torch.equal(getattr(ours, key), getattr(theirs, key)), key
+    assert ours.x[NUM_ALLX + 3].abs().sum() == 0 and int(ours.test_mask.sum()) == NUM_TEST - 2
+    splits = load_dataset("planetoid:citeseer", data_dir=str(tmp_path))
+    assert len(splits.test) == NUM_TEST - 2
+
+
+@pytest.mark.parametrize("line, value, expected", [
+    (3, "-5", r"line 3: node -5 is negative"),
+    (4, "<line 2>", r"line 4: node \d+ is listed again \(first on line 2\)"),
+    (5, str(NUM_NODES + 3), rf"line 5: node {NUM_NODES + 3} is outside \[{NUM_ALLX}, {NUM_NODES}\)"),
+    (6, "7", rf"line 6: node 7 is outside \[{NUM_ALLX}, {NUM_NODES}\)"),  # a training node's place
+])
+def test_bad_test_index_entries_are_refused_naming_the_line(cora_copy, line, value, expected):
+    index = cora_copy / "Cora" / "raw" / "ind.cora.test.index"
+    lines = index.read_text().split()
+    lines[line - 1] = lines[1] if value == "<line 2>" else value
+    index.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=expected) as err:
+        planetoid(cora_copy, "Cora")
+    assert str(index) in _one_line(err)
+
+
+@pytest.mark.parametrize("node, neighbour, expected", [
+    (3, -2, "node 3 has neighbour -2, which is negative"),
+    (3, NUM_NODES, f"node 3 has neighbour {NUM_NODES}, which is out of range"),
+    (-1, 4, "node -1 is negative"),
+])
+def test_neighbour_ids_outside_the_graph_are_refused(cora_copy, node, neighbour, expected):
+    raw = cora_copy / "Cora" / "raw"
+    graph = _load(raw, "graph")
+    graph[node].append(neighbour)
+    _dump(raw, "graph", graph, protocol=2)
+    with pytest.raises(ValueError) as err:
+        planetoid(cora_copy, "Cora")
+    message = _one_line(err)
+    assert str(raw / "ind.cora.graph") in message and expected in message and f"[0, {NUM_NODES})" in message
+
+
+@pytest.mark.parametrize("name, row, value, expected", [
+    ("allx", 17, np.nan, "row 17: column 3 is not finite (nan)"),
+    ("tx", 2, np.inf, "row 2: column 3 is not finite (inf)"),
+    ("x", 1, -3e9, "row 1: column 3 is -3e+09, beyond the ±1e+06 accepted"),
+])
+def test_non_finite_or_absurd_node_features_are_refused_naming_file_and_row(cora_copy, name, row, value, expected):
+    raw = cora_copy / "Cora" / "raw"
+    features = _load(raw, name).toarray()
+    features[row, 3] = value
+    _dump(raw, name, sp.csr_matrix(features))
+    with pytest.raises(ValueError) as err:
+        planetoid(cora_copy, "Cora")
+    assert _one_line(err) == f"{raw / f'ind.cora.{name}'} {expected}" + (
+        "" if np.isnan(value) or np.isinf(value) else " (a corrupt value?)")
+
+
+def test_sparse_matrices_are_rebuilt_and_checked(cora_copy):
+    raw = cora_copy / "Cora" / "raw"
+    broken = _load(raw, "allx")
+    broken.indices[0] = NUM_FEATURES + 100  # a column beyond the declared shape, set past scipy's checks
+    _dump(raw, "allx", broken)
+    with pytest.raises(ValueError, match=r"ind\.cora\.allx: not a valid sparse matrix") as err:
+        planetoid(cora_copy, "Cora")
+    _one_line(err)
+    _dump(raw, "allx", sp.csr_matrix((10 ** 6, 10 ** 6), dtype=np.float32))  # a tiny file, a 4 TB dense matrix
+    with pytest.raises(ValueError, match=r"ind\.cora\.allx: a 1000000 x 1000000 matrix, more than") as err:
+        planetoid(cora_copy, "Cora")
+    _one_line(err)
+
+
+def test_the_fingerprint_identifies_the_raw_files(cora, splits, cora_copy):
+    assert isinstance(splits.fingerprint, str) and len(splits.fingerprint) == 16
+    int(splits.fingerprint, 16)
+    assert planetoid(cora.root, "Cora", num_train=3, seed=4).fingerprint == splits.fingerprint
+    assert load_dataset("planetoid:Cora", data_dir=str(cora.root / "Cora" / "raw")).fingerprint == splits.fingerprint
+    assert planetoid(cora_copy, "Cora").fingerprint == splits.fingerprint  # a copy elsewhere: the same data
+    raw = cora_copy / "Cora" / "raw"
+    features = _load(raw, "tx").toarray()
+    features[0, 0] = 1.0 - features[0, 0]  # one word of one test node
+    _dump(raw, "tx", sp.csr_matrix(features))
+    assert planetoid(cora_copy, "Cora").fingerprint != splits.fingerprint

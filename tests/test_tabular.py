@@ -259,6 +259,41 @@ def test_a_non_numeric_value_in_a_numeric_column_is_named(tmp_path):
     assert str(root / "adult-train.csv") in message and "age = 'thirty'" in message and "data row 5" in message
 
 
+@pytest.mark.parametrize("which, row, column, text, expected", [
+    ("train", 5, "age", "nan", "is not finite (nan)"),
+    ("train", 2, "fnlwgt", "inf", "is not finite (inf)"),
+    ("train", 9, "capital-gain", "-1e400", "is not finite (-inf)"),  # overflows to -inf when parsed
+    ("test", 2, "hours-per-week", "NaN", "is not finite (nan)"),
+    ("test", 4, "age", "3e12", "is 3e+12, beyond the ±1e+09 accepted (a corrupt value?)"),
+])
+def test_non_finite_or_absurd_numbers_are_refused_naming_file_row_and_column(tmp_path, which, row, column, text,
+                                                                              expected):
+    rows = {"train": list(TRAIN_ROWS), "test": list(TEST_ROWS)}
+    # the largest real values still load: fnlwgt 1,484,705, capital-gain 99,999, hours 99
+    fields = _row(90, "Private", "HS-grad", "Sales", "Male", "United-States", "<=50K", hours=99, gain=99999).split(", ")
+    fields[ADULT_COLUMNS.index("fnlwgt")] = "1484705"
+    rows["train"][0] = ", ".join(fields)
+    assert torch.isfinite(adult(write_adult(tmp_path / "good", **rows)).train.tensors[0]).all()
+    fields = rows[which][row - 1].split(", ")
+    fields[ADULT_COLUMNS.index(column)] = text
+    rows[which][row - 1] = ", ".join(fields)
+    root = write_adult(tmp_path / "adult", **rows)
+    with pytest.raises(ValueError) as err:
+        adult(root)
+    assert _one_line(err) == f"{root / f'adult-{which}.csv'}: data row {row}: column {column!r} {expected}"
+
+
+def test_the_fingerprint_identifies_both_files(adult_dir, tmp_path):
+    first = adult(adult_dir).fingerprint
+    assert len(first) == 16 and adult(adult_dir, num_val=2, num_train=5).fingerprint == first  # same files
+    assert adult(adult_dir.parent).fingerprint == first  # the folder the archive extracts adult/ into
+    test = list(TEST_ROWS)
+    test[1] = test[1].replace("72", "73", 1)  # one test row's age
+    other = write_adult(tmp_path / "other", test=test)
+    assert adult(other).fingerprint != first
+    assert adult(write_adult(tmp_path / "again")).fingerprint == first
+
+
 def test_an_empty_file_is_named(tmp_path):
     root = write_adult(tmp_path / "adult")
     (root / "adult-train.csv").write_text("")
@@ -320,3 +355,18 @@ def test_adult_and_mlp_through_the_registries(adult_dir):
     assert model.head.in_features == 8 and model(splits.test.tensors[0]).shape == (6, 2)
     with pytest.raises(ValueError, match="mlp"):
         build_model("mlp", num_classes=2, input_shape=(1, 40))
+
+
+def test_a_nan_test_row_stops_the_command_line_before_training(tmp_path, capsys):
+    """Before, a NaN test row trained a whole run and wrote a silent ``test_loss: NaN``."""
+    from multimix.cli import main
+
+    test = list(TEST_ROWS)
+    test[3] = test[3].replace("76", "nan", 1)
+    root = write_adult(tmp_path / "adult", test=test)
+    code = main(["train", "--dataset", "adult", "--data-dir", str(root), "--model", "mlp", "--width", "8",
+                 "--batch-size", "4", "--epochs", "1", "--no-progress", "--out-dir", str(tmp_path / "run")])
+    stderr = capsys.readouterr().err.strip()
+    assert code == 2 and stderr == (f"multimix train: error: {root / 'adult-test.csv'}: data row 4: column 'age' "
+                                    "is not finite (nan)")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -6,6 +6,12 @@ training set, for choosing hyper-parameters) and ``test`` data sets, plus the
 input shape and the number of classes. Nothing here downloads unless asked
 (``download=True`` for CIFAR, Adult, FSDD and Planetoid).
 
+Every file a loader reads is untrusted (see :mod:`.splits`): values that are
+not finite or absurdly large, images that do not decode, pickles that name
+code and corrupt caches are refused (or rebuilt) when the data is loaded,
+before any training, in one line naming the file; ``Splits.fingerprint``
+identifies the data a run used.
+
 One module per data family (:mod:`.mnist1d`, :mod:`.images`, :mod:`.tabular`, :mod:`.audio`, :mod:`.graph`), the shared
 :class:`Splits` and helpers in :mod:`.splits`, out-of-distribution sets in
 :mod:`.ood`. :func:`load_dataset` dispatches by name through ``_LOADERS``: to

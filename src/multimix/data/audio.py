@@ -29,12 +29,20 @@ The unstandardised features of all recordings are computed once and cached as
 ``fsdd-logmel-<key>.npz`` in ``default_cache_dir() / "fsdd"`` (written
 atomically); the key hashes the file names, sizes and modification times and
 the feature parameters, so changing, adding or removing a recording computes
-them again.
+them again. A cache that cannot be read, or holds non-finite features, is
+computed again and replaced.
+
+The files are untrusted: a WAV file whose samples (after the scaling to full
+scale 1) are not finite or exceed ±:data:`~multimix.data.splits.MAX_MAGNITUDE`
+(float WAVs can hold NaN, inf or any value) is refused when read, naming the
+file and the sample. ``Splits.fingerprint`` hashes every recording's name,
+size and content.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -52,7 +60,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .splits import Splits, default_cache_dir, take
+from .splits import Splits, check_values, default_cache_dir, file_entry, fingerprint, read_file, take
 
 __all__ = ["SAMPLE_RATE", "NUM_SAMPLES", "N_FFT", "HOP_LENGTH", "N_MELS", "LOG_OFFSET", "FSDD_URL", "Recording",
            "read_wav", "fix_length", "hz_to_mel", "mel_to_hz", "mel_filterbank", "log_mel", "recordings_dir",
@@ -64,7 +72,7 @@ N_FFT = 256
 HOP_LENGTH = 80
 N_MELS = 40
 LOG_OFFSET = 1e-6
-FEATURE_VERSION = 1  # bump when the feature computation changes: old caches are then ignored
+FEATURE_VERSION = 2  # bump when the feature computation changes: old caches are then ignored (2: samples checked)
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/heads/master.zip"
 LAYOUT = "recordings/{digit}_{speaker}_{take}.wav"
 _NAME = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$")
@@ -79,16 +87,19 @@ def read_wav(path: Union[str, os.PathLike], sample_rate: int = SAMPLE_RATE) -> n
     """The samples of a mono WAV file as float32 in [-1, 1], shape (L,).
 
     Raises ``ValueError`` naming the file when it is not a readable WAV file
-    (corrupted, truncated), has another sample rate than ``sample_rate``, has
-    more than one channel, or holds no samples.
+    (corrupted, truncated, larger than :data:`~multimix.data.splits.MAX_FILE_BYTES`),
+    has another sample rate than ``sample_rate``, has more than one channel,
+    holds no samples, or holds a sample (of a float WAV) that is not finite or
+    beyond ±:data:`~multimix.data.splits.MAX_MAGNITUDE` (naming the sample).
     """
     from scipy.io import wavfile
 
     path = Path(path)
+    content = io.BytesIO(read_file(path, "WAV file"))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", wavfile.WavFileWarning)
-            rate, data = wavfile.read(path)
+            rate, data = wavfile.read(content)
     except (ValueError, EOFError, struct.error, IndexError, KeyError, TypeError, OverflowError) as err:
         raise ValueError(f"{path}: not a readable WAV file ({err})") from err
     for warning in caught:
@@ -107,6 +118,7 @@ def read_wav(path: Union[str, os.PathLike], sample_rate: int = SAMPLE_RATE) -> n
         return ((data.astype(np.float32) - 128.0) / 128.0)
     if np.issubdtype(data.dtype, np.integer):  # int16, int32 (24-bit files are read left-justified into int32)
         return (data.astype(np.float32) / float(-np.iinfo(data.dtype).min))
+    check_values(data, lambda i: f"{path} sample {i[0]}")  # before float32, where 1e300 would become inf
     return data.astype(np.float32)
 
 
@@ -295,9 +307,10 @@ def fsdd_features(recordings: Sequence[Recording], cache_dir: Optional[Union[str
     names = np.array([r.path.name for r in recordings])
     if path.exists():
         try:
-            with np.load(path) as cached:
-                if np.array_equal(cached["names"], names):
-                    return cached["features"]
+            with np.load(path, allow_pickle=False) as cached:
+                features = cached["features"]
+                if np.array_equal(cached["names"], names) and np.isfinite(features).all():
+                    return features
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
             pass  # an unreadable cache is computed again and replaced
     features = _compute_features(recordings)
@@ -353,7 +366,8 @@ def fsdd(data_dir: Optional[Union[str, os.PathLike]] = None, *, test_speaker: Op
     Each returned data set is a ``TensorDataset`` of (x (1, 40, 101), digit)
     with two extra attributes: ``files``, the recording of each example
     (file names), and ``mel_mean``/``mel_std``, the training statistics
-    (n_mels,) applied to every split.
+    (n_mels,) applied to every split. The fingerprint hashes every
+    recording's file name, size and content.
     """
     if val_speaker is not None and test_speaker is None:
         raise ValueError(f"val_speaker {val_speaker!r} needs a test_speaker (leave one speaker out): "
@@ -409,6 +423,7 @@ def _splits(recordings: List[Recording], train_pool: List[int], val_index: List[
     test_index = list(take(test_index, num_test, seed, "num_test"))
     features = fsdd_features(recordings, cache_dir)
     x, mean, std = _standardise(features, train_index)
+    digest = fingerprint("fsdd", [file_entry(r.path.name, read_file(r.path, "WAV file")) for r in recordings])
     y = torch.tensor([r.digit for r in recordings], dtype=torch.long)
 
     def subset(index: List[int]) -> TensorDataset:
@@ -418,7 +433,7 @@ def _splits(recordings: List[Recording], train_pool: List[int], val_index: List[
         return dataset
 
     return Splits(subset(train_index), subset(val_index) if val_index else None, subset(test_index),
-                  tuple(x.shape[1:]), 10)
+                  tuple(x.shape[1:]), 10, fingerprint=digest)
 
 
 def _parse_protocol(name: str) -> Tuple[Optional[str], Optional[str]]:

@@ -4,19 +4,41 @@ Also holds the train/eval transforms, the per-data-set normalisation
 statistics and the helper that cuts the train/val/test splits, plus the
 entries :func:`multimix.data.load_dataset` dispatches ``"cifar10"``,
 ``"cifar100"`` and ``"imagefolder"`` to.
+
+Image files are untrusted: before any training, :func:`check_images_readable`
+decodes every image a run will read (train, validation and test), so a
+truncated or corrupt file is refused up front, naming it, instead of stopping
+the run in the middle of an epoch (or after a whole epoch, for a test image).
+An image larger than :data:`MAX_IMAGE_PIXELS` (a decompression bomb: a small
+file that decodes to gigabytes) is refused from its header, before decoding,
+at the check and when a training example is loaded. The same pass hashes the
+files' bytes for ``Splits.fingerprint``.
+
+CIFAR-10/100 come through torchvision, whose batch files are pickles: it
+checks every file's MD5 against the published one before unpickling, so only
+the official files are read; the fingerprint is that list of files and MD5s.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, List, Optional
 
 import torch
 from torch.utils.data import Subset
 
-from .splits import Splits, default_cache_dir, take
+from .splits import Splits, default_cache_dir, file_entry, fingerprint, read_file, take
 
-__all__ = ["cifar", "image_folder", "load_cifar", "load_image_folder", "load_image", "check_images_readable"]
+__all__ = ["cifar", "image_folder", "load_cifar", "load_image_folder", "load_image", "check_images_readable",
+           "MAX_IMAGE_PIXELS"]
+
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's default decompression-bomb limit: 256 MiB of RGB (a 9459 × 9459 image)
+_BATCH = 256  # images per task of the checking threads
+_DRAFT_PIXELS = 256 * 256  # larger JPEGs are checked at 1/8 scale (the whole stream is still decoded): ~4x faster
 
 _CIFAR_MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -60,8 +82,11 @@ def cifar(name: str = "cifar10", root: Optional[str] = None, *, download: bool =
     except RuntimeError as err:
         raise FileNotFoundError(f"{name} not found under {root}; pass --download to fetch it with torchvision "
                                 f"or --data-dir pointing at an existing copy") from err
-    return _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, (3, 32, 32),
-                                len(train_aug.classes), _CIFAR_MEAN_STD[name])
+    splits = _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, (3, 32, 32),
+                                  len(train_aug.classes), _CIFAR_MEAN_STD[name])
+    # torchvision has checked each file against its published MD5 (else the RuntimeError above): they name the data.
+    splits.fingerprint = fingerprint(name, [[cls.base_folder, *entry] for entry in cls.train_list + cls.test_list])
+    return splits
 
 
 def image_folder(root: str, *, size: int = 32, num_train: Optional[int] = None, num_test: Optional[int] = None,
@@ -93,41 +118,103 @@ def image_folder(root: str, *, size: int = 32, num_train: Optional[int] = None, 
         raise ValueError(f"{train_dir} has {len(train_aug.classes)} class folder(s); a classifier needs at least 2")
     splits = _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, (3, size, size),
                                   len(train_aug.classes), _IMAGENET_MEAN_STD)
-    for subset in (splits.train, splits.val, splits.test):
-        check_images_readable(subset)
+    entries = []
+    for split, subset in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        entries += [[split, *entry] for entry in check_images_readable(subset, root)]
+    splits.fingerprint = fingerprint("imagefolder", sorted(entries))
     return splits
 
 
-def load_image(path: str):
-    """An RGB PIL image; a file PIL cannot decode is a ``ValueError`` naming it."""
+def _check_pixels(image, path) -> None:
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image {path} is {width} x {height} pixels, more than the {MAX_IMAGE_PIXELS} allowed "
+                         "(a decompression bomb?)")
+
+
+def _decode_errors():
     from PIL import Image, UnidentifiedImageError
+
+    return OSError, UnidentifiedImageError, SyntaxError, EOFError, Image.DecompressionBombError
+
+
+def load_image(path: str):
+    """An RGB PIL image; a file PIL cannot decode, or larger than :data:`MAX_IMAGE_PIXELS`, is a ``ValueError``
+    naming it."""
+    from PIL import Image
 
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+            image = Image.open(f)
+            _check_pixels(image, path)
+            return image.convert("RGB")
+    except _decode_errors() as err:
         raise ValueError(f"cannot decode image {path}: {err}") from err
 
 
-def check_images_readable(dataset) -> None:
-    """Open the header of every image a (Subset of an) ImageFolder will read, before any training.
+def _decoded(path: str) -> List[Any]:
+    """Decode the image at ``path`` once, fully; its fingerprint entry (path, size, SHA-256 of the bytes)."""
+    from PIL import Image
 
-    Reading a header is cheap (no decoding), and it finds the truncated and non-image files that would
-    otherwise stop a run in the middle of an epoch; the error names the file.
+    data = read_file(path, "image file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            _check_pixels(image, path)
+            if image.width * image.height > _DRAFT_PIXELS:  # JPEG: decode every coefficient, scaled down 8x
+                image.draft(image.mode, (1, 1))
+            image.load()
+    except _decode_errors() as err:
+        raise ValueError(f"cannot decode image {path}: {err}") from None
+    return file_entry(str(path), data)
+
+
+def _pixels(path: str) -> int:
+    """The pixel count in an image file's header, 0 when it has none that PIL reads (the check will say why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height
+    except (*_decode_errors(), ValueError):
+        return 0
+
+
+def check_images_readable(dataset, root: Optional[Path] = None, workers: Optional[int] = None) -> List[List[Any]]:
+    """Decode every image a (Subset of an) ImageFolder will read, before any training; their fingerprint entries.
+
+    Each image is read and decoded in full (a truncated JPEG passes PIL's ``verify``, which does not decode),
+    after its header is checked against :data:`MAX_IMAGE_PIXELS`; the first bad file raises ``ValueError``
+    naming it. ``workers`` threads decode (the decoders release the GIL); by default one per CPU (up to 8) when
+    the first image is larger than 256 x 256 pixels, else one: small images cost PIL's Python header parsing
+    more than decoding, which threads cannot share. Returns ``[path, size, sha256, label]`` per image, in the
+    dataset's order, the path relative to ``root`` when given.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    if dataset is None:
-        return
+    if dataset is None or len(dataset) == 0:
+        return []
     indices = dataset.indices if isinstance(dataset, Subset) else range(len(dataset))
     samples = (dataset.dataset if isinstance(dataset, Subset) else dataset).samples
-    for i in indices:
-        path = samples[i][0]
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (OSError, UnidentifiedImageError, SyntaxError) as err:
-            raise ValueError(f"cannot decode image {path}: {err}") from err
+    chosen = [samples[i] for i in indices]
+    paths = [path for path, _ in chosen]
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if _pixels(paths[0]) > _DRAFT_PIXELS else 1
+    decode = lambda batch: [_decoded(p) for p in batch]  # noqa: E731
+    batches = [paths[i:i + _BATCH] for i in range(0, len(paths), _BATCH)]
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        with warnings.catch_warnings():  # PIL warns of large images; _check_pixels refuses them in one line instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            entries = [entry for batch in (pool.map if pool else map)(decode, batches) for entry in batch]
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)  # after a bad file, the batches not started are dropped
+    out = []
+    for entry, (path, label) in zip(entries, chosen):
+        if root is not None:
+            entry[0] = Path(path).relative_to(root).as_posix()
+        out.append([*entry, int(label)])
+    return out
 
 
 def _finish_image_splits(train_aug, train_plain, test, num_train, num_test, num_val, seed, shape, num_classes,

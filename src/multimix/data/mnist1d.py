@@ -2,23 +2,35 @@
 
 :func:`load_mnist1d` is the entry :func:`multimix.data.load_dataset` dispatches
 ``"mnist1d"`` to.
+
+The cache file ``mnist1d-<samples>-seed<seed>.npz`` is read without pickle
+(``allow_pickle=False``) and checked: four arrays ``x`` (N, L) and ``x_test``
+(M, L) of finite values within ±:data:`~multimix.data.splits.MAX_MAGNITUDE`,
+``y`` (N,) and ``y_test`` (M,) of labels 0–9. A cache that cannot be read or
+fails the check (truncated, garbage, edited) is generated again and replaced,
+with a ``RuntimeWarning`` naming it, as the FSDD feature cache is.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from ..checks import check_positive_int
-from .splits import Splits, default_cache_dir
+from .splits import Splits, array_entry, check_values, default_cache_dir, fingerprint
 
 __all__ = ["mnist1d", "load_mnist1d"]
+
+NUM_CLASSES = 10
+_ARRAYS = ("x", "y", "x_test", "y_test")
 
 
 def mnist1d(num_train: int = 4000, num_test: int = 1000, num_val: int = 0, *, data_seed: int = 42,
@@ -27,7 +39,8 @@ def mnist1d(num_train: int = 4000, num_test: int = 1000, num_val: int = 0, *, da
 
     The generator's own 80/20 split is kept (train examples never appear in
     test); enough samples are generated to fill ``num_train + num_val`` and
-    ``num_test``. Inputs are (1, 40) sequences, 10 classes.
+    ``num_test``. Inputs are (1, 40) sequences, 10 classes. The fingerprint
+    hashes the arrays used.
     """
     check_positive_int(num_train, "num_train")
     check_positive_int(num_test, "num_test")
@@ -40,31 +53,74 @@ def mnist1d(num_train: int = 4000, num_test: int = 1000, num_val: int = 0, *, da
         short = max(need_train - len(data["x"]), 4 * (num_test - len(data["x_test"])), 1)
         num_samples += math.ceil(short / 0.8)
         data = _generated(num_samples, data_seed, cache_dir)
+    used = {"x": data["x"][:need_train], "y": data["y"][:need_train], "x_test": data["x_test"][:num_test],
+            "y_test": data["y_test"][:num_test]}
     as_x = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1)
     as_y = lambda a: torch.tensor(a, dtype=torch.long)
-    x, y = as_x(data["x"][:need_train]), as_y(data["y"][:need_train])
+    x, y = as_x(used["x"]), as_y(used["y"])
     train = TensorDataset(x[num_val:], y[num_val:])
     val = TensorDataset(x[:num_val], y[:num_val]) if num_val > 0 else None
-    test = TensorDataset(as_x(data["x_test"][:num_test]), as_y(data["y_test"][:num_test]))
-    return Splits(train, val, test, (1, x.shape[-1]), 10)
+    test = TensorDataset(as_x(used["x_test"]), as_y(used["y_test"]))
+    digest = fingerprint("mnist1d", [array_entry(name, used[name]) for name in _ARRAYS])
+    return Splits(train, val, test, (1, x.shape[-1]), NUM_CLASSES, fingerprint=digest)
 
 
-def _generated(num_samples: int, data_seed: int, cache_dir: Path):
+def _generated(num_samples: int, data_seed: int, cache_dir: Path) -> Dict[str, np.ndarray]:
     """The generator's output for ``num_samples`` (train and test arrays), from the cache or made and cached."""
     path = cache_dir / f"mnist1d-{num_samples}-seed{data_seed}.npz"
-    if not path.exists():
+    if path.exists():
         try:
-            from mnist1d.data import get_dataset_args, make_dataset
-        except ImportError as err:
-            raise ImportError("MNIST-1D needs the mnist1d package: pip install 'multimix[data]'") from err
-        args = get_dataset_args()
-        args.num_samples, args.seed = num_samples, data_seed
-        data = make_dataset(args)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+            return _read_cache(path)
+        except (OSError, ValueError, KeyError, EOFError, MemoryError, zipfile.BadZipFile) as err:
+            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            warnings.warn(f"MNIST-1D cache {path} is unreadable ({reason}); generating it again", RuntimeWarning,
+                          stacklevel=3)
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as err:
+        raise ImportError("MNIST-1D needs the mnist1d package: pip install 'multimix[data]'") from err
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, data_seed
+    made = make_dataset(args)
+    data = {name: np.asarray(made[name]) for name in _ARRAYS}
+    _check_arrays(data, "the mnist1d generator's output")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    try:
+        np.savez(tmp, **data)
         os.replace(tmp, path)
-    return np.load(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return data
+
+
+def _read_cache(path: Path) -> Dict[str, np.ndarray]:
+    """The four arrays of a cache file, read without pickle and checked (``ValueError`` saying what is wrong)."""
+    with open(path, "rb") as f:  # our handle: np.load leaves its own open when the file is corrupt
+        stored = np.load(f, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with stored:
+            data = {name: stored[name] for name in _ARRAYS}
+    _check_arrays(data, str(path))
+    return data
+
+
+def _check_arrays(data: Dict[str, np.ndarray], where: str) -> None:
+    x, y, x_test, y_test = (data[name] for name in _ARRAYS)
+    if (x.ndim != 2 or x_test.ndim != 2 or x.shape[1] != x_test.shape[1] or y.shape != x.shape[:1]
+            or y_test.shape != x_test.shape[:1] or x.dtype.kind != "f" or x_test.dtype.kind != "f"
+            or y.dtype.kind not in "iu" or y_test.dtype.kind not in "iu"):
+        raise ValueError(f"arrays of shapes x {x.shape} ({x.dtype}), y {y.shape} ({y.dtype}), x_test {x_test.shape} "
+                         f"({x_test.dtype}), y_test {y_test.shape} ({y_test.dtype}); expected float inputs (N, L) "
+                         "and integer labels (N,)")
+    for name in ("x", "x_test"):
+        check_values(data[name], lambda i, name=name: f"{where}: {name} row {i[0]} value {i[1]}")
+    for name in ("y", "y_test"):
+        labels = data[name]
+        if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+            row = int(np.argmax((labels < 0) | (labels >= NUM_CLASSES)))
+            raise ValueError(f"{where}: {name} row {row} is label {labels[row]}; expected 0-{NUM_CLASSES - 1}")
 
 
 def load_mnist1d(name: str, *, data_dir: Optional[str], num_train: Optional[int], num_test: Optional[int],

@@ -10,6 +10,15 @@ to the validation and test rows, so nothing of them leaks into the training
 inputs; a category that appears only outside the training rows encodes to
 all zeros.
 
+The files are untrusted: each is read whole up to
+:data:`~multimix.data.splits.MAX_FILE_BYTES`, and a numeric cell that is not
+a number, not finite (``nan``, ``inf``, ``1e400``) or beyond ±
+:data:`ADULT_MAX_MAGNITUDE` is refused in one line naming the file, the data
+row and the column, so it never reaches the standardisation (where one such
+value turns every row's column into NaN or 0). Only ``?`` and an empty field
+mean "missing". ``Splits.fingerprint`` hashes both files' names, sizes and
+contents.
+
 Layout of the data directory (the names :func:`download_adult` saves the
 UCI files ``adult.data``/``adult.test`` under)::
 
@@ -23,6 +32,7 @@ frames and the preprocessed arrays (the same split) to reference models.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import urllib.request
@@ -34,11 +44,12 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ..checks import check_int, check_positive_int
-from .splits import Splits, default_cache_dir
+from ..checks import brief, check_int, check_positive_int
+from .splits import Splits, check_values, default_cache_dir, file_entry, fingerprint, read_file
 
 __all__ = ["adult", "load_adult", "adult_frames", "adult_arrays", "adult_preprocessor", "download_adult",
-           "AdultArrays", "ADULT_COLUMNS", "ADULT_NUMERIC", "ADULT_CATEGORICAL", "ADULT_FILES", "ADULT_URLS"]
+           "AdultArrays", "ADULT_COLUMNS", "ADULT_NUMERIC", "ADULT_CATEGORICAL", "ADULT_FILES", "ADULT_URLS",
+           "ADULT_MAX_MAGNITUDE"]
 
 # The 15 columns of the UCI files (adult.names), in order; the last is the label.
 ADULT_COLUMNS = ("age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
@@ -49,6 +60,9 @@ ADULT_CATEGORICAL = ("workclass", "education", "marital-status", "occupation", "
                      "native-country")
 ADULT_LABELS = ("<=50K", ">50K")  # class 0, class 1
 ADULT_FILES = {"train": "adult-train.csv", "test": "adult-test.csv"}
+# Largest |value| of a numeric cell: a thousand times the largest real one (fnlwgt, 1,484,705); beyond it a value is
+# a corrupt file, not a person, and would set the column's scale alone.
+ADULT_MAX_MAGNITUDE = 1e9
 ADULT_URLS = {
     "adult-train.csv": "https://archive.ics.uci.edu/ml/machine-learning-databases/adult/adult.data",
     "adult-test.csv": "https://archive.ics.uci.edu/ml/machine-learning-databases/adult/adult.test",
@@ -91,7 +105,8 @@ def _read_csv(path: Path, *, test: bool):
     pd = _pandas()
     expected = len(ADULT_COLUMNS)
     try:
-        frame = pd.read_csv(path, header=None, skipinitialspace=True, na_values="?", comment="|", dtype=str)
+        frame = pd.read_csv(io.BytesIO(read_file(path, "CSV file")), header=None, skipinitialspace=True,
+                            na_values=["?", ""], keep_default_na=False, comment="|", dtype=str)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path} is empty; expected rows of {expected} comma-separated columns "
                          f"({', '.join(ADULT_COLUMNS)})") from None
@@ -117,19 +132,27 @@ def _read_csv(path: Path, *, test: bool):
         row = int(np.flatnonzero(bad.to_numpy())[0])
         value = frame["income"].iloc[row]
         shown = (f"no income label ('?', or fewer than {expected} columns)" if pd.isna(value)
-                 else f"income label {value!r}")
+                 else f"income label {brief(value)}")
         count = int(bad.sum())
         raise ValueError(f"{path}: data row {row + 1} has {shown} ({count} bad label{'s' if count > 1 else ''} in "
                          f"the file); expected '<=50K' or '>50K'{' (with or without a trailing period)' if test else ''}")
     frame["income"] = labels
     for column in ADULT_NUMERIC:
-        values = pd.to_numeric(frame[column], errors="coerce")
-        bad = values.isna() & frame[column].notna()
+        values = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        with np.errstate(invalid="ignore"):
+            bad = frame[column].notna().to_numpy() & ~(np.abs(values.to_numpy()) <= ADULT_MAX_MAGNITUDE)
         if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"{path}: data row {row + 1} has {column} = {frame[column].iloc[row]!r}; expected a number "
-                             f"or '?' (columns: {', '.join(ADULT_COLUMNS)})")
-        frame[column] = values.astype("float64")
+            row = int(np.flatnonzero(bad)[0])
+            text = frame[column].iloc[row]
+            try:
+                number = float(text)  # "nan", "inf", "1e400", "3e12": a number, not finite or absurd
+            except ValueError:
+                number = 0.0  # not a number at all: the error after the check says so
+            where = f"{path}: data row {row + 1}: column {column!r}"
+            check_values(np.array([number]), lambda _, where=where: where, ADULT_MAX_MAGNITUDE)
+            raise ValueError(f"{path}: data row {row + 1} has {column} = {brief(text)}; expected a number or '?' "
+                             f"(columns: {', '.join(ADULT_COLUMNS)})")
+        frame[column] = values
     for column in ADULT_CATEGORICAL:
         frame[column] = frame[column].astype(object)  # one dtype for scikit-learn whatever pandas' string default
     return frame
@@ -279,10 +302,13 @@ def adult(root, *, num_train: Optional[int] = None, num_test: Optional[int] = No
     if download and not (_data_root(root) / ADULT_FILES["train"]).is_file():
         download_adult(root)
     arrays = adult_arrays(root, num_train=num_train, num_test=num_test, num_val=num_val, seed=seed)
+    data_root = _data_root(root)
+    digest = fingerprint("adult", [file_entry(name, read_file(data_root / name, "CSV file"))
+                                   for name in sorted(ADULT_FILES.values())])
     as_dataset = lambda x, y: TensorDataset(torch.from_numpy(x), torch.from_numpy(y))  # noqa: E731
     val = as_dataset(arrays.x_val, arrays.y_val) if num_val > 0 else None
     return Splits(as_dataset(arrays.x_train, arrays.y_train), val, as_dataset(arrays.x_test, arrays.y_test),
-                  (arrays.x_train.shape[1],), len(ADULT_LABELS))
+                  (arrays.x_train.shape[1],), len(ADULT_LABELS), fingerprint=digest)
 
 
 def load_adult(name: str, *, data_dir: Optional[str], num_train: Optional[int], num_test: Optional[int],

@@ -109,7 +109,7 @@ def test_eval_checks_its_arguments_and_output_before_evaluating(tmp_path, tiny, 
     train(tiny(tmp_path))
     checkpoint = str(tmp_path / "run" / "last.pt")
     assert main(["eval", checkpoint, "--attack-limit", "0"]) == 2
-    assert "--attack-limit must be >= 1" in capsys.readouterr().err
+    assert "argument --attack-limit: must be an integer >= 1, got 0" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main(["eval", checkpoint, "--out-dir", str(blocker / "eval")]) == 2

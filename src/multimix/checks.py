@@ -61,21 +61,21 @@ def check_number(value: Any, name: str, *, minimum: Optional[float] = None, excl
     hi = "" if maximum is None else (f" < {maximum:g}" if maximum_exclusive else f" <= {maximum:g}")
     expected = f"a finite number{lo}{' and' if lo and hi else ''}{hi}"
     if not _is_number(value):
-        raise TypeError(f"{name} must be {expected}, got {value!r}")
+        raise TypeError(f"{name} must be {expected}, got {brief(value)}")
     value = float(value)
     if (not math.isfinite(value)
             or (minimum is not None and (value <= minimum if exclusive else value < minimum))
             or (maximum is not None and (value >= maximum if maximum_exclusive else value > maximum))):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {brief(value)}")
     return value
 
 
 def _check_real(value: Any, name: str, kind: str, strictly_positive: bool) -> float:
     if not _is_number(value):
-        raise TypeError(f"{name} must be {kind} finite number, got {value!r}")
+        raise TypeError(f"{name} must be {kind} finite number, got {brief(value)}")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (strictly_positive and value == 0):
-        raise ValueError(f"{name} must be {kind} finite number, got {value!r}")
+        raise ValueError(f"{name} must be {kind} finite number, got {brief(value)}")
     return value
 
 
@@ -92,9 +92,9 @@ def check_non_negative(value: Any, name: str) -> float:
 def check_int(value: Any, name: str, minimum: int) -> int:
     """``value`` if it is an integer (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {brief(value)}")
     if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {brief(value)}")
     return value
 
 
@@ -111,16 +111,16 @@ def check_probability(value: Any, name: str) -> float:
 def check_label_smoothing(value: Any, name: str = "label_smoothing") -> float:
     """A label-smoothing amount ε in [0, 1)."""
     if not _is_number(value):
-        raise TypeError(f"{name} must be a number in [0, 1), got {value!r}")
+        raise TypeError(f"{name} must be a number in [0, 1), got {brief(value)}")
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        raise ValueError(f"{name} must be in [0, 1), got {brief(value)}")
     return float(value)
 
 
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     """``value`` if it is one of ``choices``."""
     if value not in tuple(choices):
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {brief(value)}")
     return value
 
 
@@ -175,26 +175,26 @@ def check_type(value: Any, annotation: Any, name: str) -> Any:
                 return check_type(value, option, name)
             except (TypeError, ValueError):
                 continue
-        raise TypeError(f"{name} must be {describe_type(annotation)}, got {value!r}")
+        raise TypeError(f"{name} must be {describe_type(annotation)}, got {brief(value)}")
     if origin is typing.Literal:
         if value not in args or type(value) not in {type(a) for a in args}:
-            raise ValueError(f"{name} must be {describe_type(annotation)}, got {value!r}")
+            raise ValueError(f"{name} must be {describe_type(annotation)}, got {brief(value)}")
         return value
     if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{name} must be {describe_type(annotation)}, got {value!r}")
+            raise TypeError(f"{name} must be {describe_type(annotation)}, got {brief(value)}")
         element = args[0] if args else Any
         for i, item in enumerate(value):
             check_type(item, element, f"{name}[{i}]")
         return value
     if origin in (dict, collections.abc.Mapping) or annotation in (dict, collections.abc.Mapping):
         if not isinstance(value, dict):
-            raise TypeError(f"{name} must be a mapping, got {value!r}")
+            raise TypeError(f"{name} must be a mapping, got {brief(value)}")
         return value
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: _is_number(v),
           str: lambda v: isinstance(v, str)}.get(annotation, lambda v: isinstance(v, annotation))
     if not ok(value):
-        raise TypeError(f"{name} must be {describe_type(annotation)}, got {value!r}")
+        raise TypeError(f"{name} must be {describe_type(annotation)}, got {brief(value)}")
     return value

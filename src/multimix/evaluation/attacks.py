@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_generator, check_non_negative, check_positive, check_positive_int
+from ..checks import brief, check_generator, check_non_negative, check_positive, check_positive_int
 
 __all__ = ["Normalize", "fgsm", "pgd", "error_under_attack"]
 
@@ -65,11 +65,11 @@ class Normalize(nn.Module):
     @staticmethod
     def _as_vector(value, name: str) -> Tensor:
         if isinstance(value, bool):
-            raise TypeError(f"{name} must be a number or a sequence of numbers, got {value!r}")
+            raise TypeError(f"{name} must be a number or a sequence of numbers, got {brief(value)}")
         try:
             t = torch.as_tensor(value, dtype=torch.float64, device="cpu").detach()
         except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"{name} must be a number or a sequence of numbers, got {value!r}") from err
+            raise TypeError(f"{name} must be a number or a sequence of numbers, got {brief(value)}") from err
         if t.dim() > 1 or t.numel() == 0:
             raise ValueError(f"{name} must be a number or a non-empty 1-D sequence (one value per channel), "
                              f"got shape {tuple(t.shape)}")
@@ -108,13 +108,13 @@ def _check_clamp(clamp) -> Clamp:
     if clamp is None:
         return None
     if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
-        raise ValueError(f"clamp must be None or a pair (lo, hi), got {clamp!r}")
+        raise ValueError(f"clamp must be None or a pair (lo, hi), got {brief(clamp)}")
     lo, hi = clamp
     for v in (lo, hi):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-            raise ValueError(f"clamp must be None or a pair of numbers (lo, hi), got {clamp!r}")
+            raise ValueError(f"clamp must be None or a pair of numbers (lo, hi), got {brief(clamp)}")
     if not lo < hi:
-        raise ValueError(f"clamp must satisfy lo < hi, got {clamp!r}")
+        raise ValueError(f"clamp must satisfy lo < hi, got {brief(clamp)}")
     return float(lo), float(hi)
 
 
@@ -257,7 +257,7 @@ def pgd(
     step_size = check_positive(step_size, "step_size")
     steps = check_positive_int(steps, "steps")
     if not isinstance(random_start, bool):
-        raise TypeError(f"random_start must be a bool, got {random_start!r}")
+        raise TypeError(f"random_start must be a bool, got {brief(random_start)}")
     check_generator(generator)
     clamp = _check_clamp(clamp)
     _check_inputs(model, x, y, clamp, normalize)

@@ -20,7 +20,7 @@ from typing import Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..checks import check_choice, check_generator, check_path
+from ..checks import brief, check_choice, check_generator, check_path
 from .calibration import ece_from_bins, reliability_bins
 from .geometry import PROJECTIONS, project_2d, random_subset
 from .inputs import check_embeddings, check_labels, check_max_points
@@ -180,11 +180,11 @@ def plot_embeddings(
     check_generator(generator)
     for name, item in panels.items():
         if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ValueError(f"panels[{name!r}] must be a pair (z, labels), got {type(item).__name__}")
-        z = check_embeddings(item[0], name=f"panels[{name!r}][0] (z)", min_points=4 if method == "tsne" else 2)
+            raise ValueError(f"panels[{brief(name, 40)}] must be a pair (z, labels), got {type(item).__name__}")
+        z = check_embeddings(item[0], name=f"panels[{brief(name, 40)}][0] (z)", min_points=4 if method == "tsne" else 2)
         if z.shape[1] < 2:
-            raise ValueError(f"panels[{name!r}][0] (z) must have at least 2 feature dims, got {tuple(z.shape)}")
-        check_labels(item[1], z.shape[0], name=f"panels[{name!r}][1] (labels)")
+            raise ValueError(f"panels[{brief(name, 40)}][0] (z) must have at least 2 feature dims, got {tuple(z.shape)}")
+        check_labels(item[1], z.shape[0], name=f"panels[{brief(name, 40)}][1] (labels)")
 
     # one generator shared by every panel's subset and t-SNE seed, so the figure is reproducible as a whole
     if generator is None:

@@ -24,7 +24,10 @@ from .calibration import expected_calibration_error
 from .geometry import alignment, class_distance_ratio, uniformity
 from .ood import auroc, energy_score, fpr_at_tpr, msp_score
 
-__all__ = ["predict", "default_epsilon", "robustness", "ood_detection", "embedding_metrics", "report"]
+__all__ = ["predict", "default_epsilon", "robustness", "ood_detection", "embedding_metrics", "inapplicable", "report"]
+
+ATTACKS = "FGSM and PGD attacks"
+DEFAULT_OOD = "OOD detection on shuffled positions"
 
 
 def _first(dataset: Dataset, limit: Optional[int]) -> Dataset:
@@ -100,12 +103,28 @@ def embedding_metrics(embeddings: torch.Tensor, labels: torch.Tensor, *, max_poi
             "class_distance_ratio": class_distance_ratio(embeddings, labels, max_points=max_points, generator=g)}
 
 
+def inapplicable(splits, ood: Optional[Dataset] = None) -> Dict[str, str]:
+    """The evaluations of :func:`report` that do not apply to ``splits``' inputs, each with the reason.
+
+    The attacks perturb input values, and node indices (graph data) have none; the default OOD set shuffles
+    positions, and table rows and nodes have none (an ``ood`` set given explicitly is always used).
+    """
+    values = getattr(splits, "input_dtype", torch.float32).is_floating_point
+    kind = "table rows" if values else "node-index inputs"
+    skipped = {}
+    if not values:
+        skipped[ATTACKS] = f"{kind} have no values to perturb"
+    if ood is None and len(splits.input_shape) < 2:
+        skipped[DEFAULT_OOD] = f"{kind} have no positions to shuffle"
+    return skipped
+
+
 def report(model, splits, *, ood: Optional[Dataset] = None, eps: Optional[float] = None, pgd_steps: int = 10,
            attack_limit: Optional[int] = 2000, device="cpu", seed: int = 0) -> Dict[str, Any]:
     """Everything above on the test set; ``ood`` defaults to the test set with shuffled positions.
 
-    Skipped where they do not apply: the attacks for inputs that are not values (graph node indices), the
-    default OOD set for inputs without positions (table rows, nodes).
+    Skipped where they do not apply (:func:`inapplicable`): the attacks for inputs that are not values (graph
+    node indices), the default OOD set for inputs without positions (table rows, nodes).
 
     Returns a flat dict of numbers plus ``_predictions`` (test logits,
     embeddings, labels) for plots.
@@ -119,12 +138,11 @@ def report(model, splits, *, ood: Optional[Dataset] = None, eps: Optional[float]
         "accuracy": 100.0 * (test["logits"].argmax(1) == test["labels"]).float().mean().item(),
         "ece": 100.0 * expected_calibration_error(probs, test["labels"], n_bins=15),
     }
-    # Attacks perturb input values; node indices (graph data) have none to perturb.
-    if getattr(splits, "input_dtype", torch.float32).is_floating_point:
+    skipped = inapplicable(splits, ood)
+    if ATTACKS not in skipped:
         out.update(robustness(model, splits, eps=eps, pgd_steps=pgd_steps, limit=attack_limit, device=device,
                               seed=seed))
-    # The default OOD set shuffles positions; rows of a table have none, so there is no default OOD set for them.
-    if ood is not None or len(splits.input_shape) >= 2:
+    if DEFAULT_OOD not in skipped:
         ood_set = ood if ood is not None else ShuffledPositions(splits.test, seed=seed)
         out.update(ood_detection(test["logits"], predict(model, ood_set, device=device)["logits"]))
     out.update(embedding_metrics(test["embeddings"], test["labels"], seed=seed))

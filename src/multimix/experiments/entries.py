@@ -13,8 +13,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import torch
+
 from ..engine.config import CONFIG_DIR, TrainConfig, read_yaml
-from ..methods import METHODS, distill_settings, method_settings, methods_taking
+from ..checks import brief
+from ..methods import METHODS, SelfDistillation, create_method, distill_settings, method_settings, methods_taking
 from ..methods.settings import check_settings
 
 __all__ = ["BenchEntry", "TuneSpec", "Candidate", "ENTRIES_PATH", "GRID_PATH", "ENTRY_CONFIG_KEYS", "load_entries",
@@ -64,19 +67,19 @@ def _config(values: Any, where: str) -> Dict[str, Any]:
     values = dict(values or {})
     unknown = sorted(set(values) - set(ENTRY_CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"{where} config has keys {unknown} an entry may not set; it may set: "
+        raise ValueError(f"{where} config has keys {brief(unknown)} an entry may not set; it may set: "
                          f"{', '.join(ENTRY_CONFIG_KEYS)}")
     hints = {f.name: f.type for f in fields(TrainConfig)}
     for key, value in values.items():
         if hints[key] == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ValueError(f"{where} config {key} must be an integer >= 0, got {value!r}")
+            raise ValueError(f"{where} config {key} must be an integer >= 0, got {brief(value)}")
     return values
 
 
 def _check_method(item: Mapping[str, Any], where: str) -> str:
     method = item.get("method")
     if method not in METHODS:
-        raise ValueError(f"{where}: unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+        raise ValueError(f"{where}: unknown method {brief(method)}; valid methods: {', '.join(METHODS)}")
     return method
 
 
@@ -86,18 +89,32 @@ def _check_keys(item: Any, cls: type, where: str) -> None:
     valid = [f.name for f in fields(cls)]
     unknown = sorted(set(item) - set(valid))
     if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; valid keys: {', '.join(valid)}")
+        raise ValueError(f"{where} has unknown keys {brief(unknown)}; valid keys: {', '.join(valid)}")
     for key in ("label", "method"):
         if not isinstance(item.get(key), str):
             raise ValueError(f"{where} needs a {key} (a string)")
 
 
 def _args(values: Any, method: str, where: str) -> Dict[str, Any]:
-    return check_settings(values, method_settings(method), f"{where} method_args of {method!r}", owner_of=methods_taking)
+    """The checked method settings: their keys and types, then their values by the method's own constructor."""
+    values = check_settings(values, method_settings(method), f"{where} method_args of {method!r}",
+                            owner_of=methods_taking)
+    try:
+        create_method(method, **values)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{where} method_args of {method!r}: {err}") from None
+    return values
 
 
 def _distill(values: Any, where: str) -> Optional[Dict[str, Any]]:
-    return None if values is None else check_settings(values, distill_settings(), f"{where} distill")
+    if values is None:
+        return None
+    values = check_settings(values, distill_settings(), f"{where} distill")
+    try:
+        SelfDistillation(torch.nn.Identity(), **values)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{where} distill: {err}") from None
+    return values
 
 
 def _items(path: Path) -> List[Any]:
@@ -116,7 +133,8 @@ def bench_file(name_or_path: str) -> Path:
     if bundled.is_file():
         return bundled
     names = sorted(p.stem for p in (CONFIG_DIR / "bench").glob("*.yaml"))
-    raise FileNotFoundError(f"{name_or_path!r} is neither a file nor a bundled bench file; bundled: {', '.join(names)}")
+    raise FileNotFoundError(f"{brief(name_or_path)} is neither a file nor a bundled bench file; bundled: "
+                            f"{', '.join(names)}")
 
 
 def load_entries(path: Path = ENTRIES_PATH) -> List[BenchEntry]:
@@ -136,7 +154,9 @@ def load_grid(path: Path = GRID_PATH) -> List[TuneSpec]:
     """The tuning specs of a YAML file (default: the bundled grid)."""
     specs: List[TuneSpec] = []
     for i, item in enumerate(_items(path)):
-        where = f"{path} spec {i + 1} ({item.get('label') if isinstance(item, Mapping) else '?'})"
+        label = item.get("label") if isinstance(item, Mapping) else None
+        shown = "?" if not isinstance(label, str) else label if len(label) <= 40 else label[:39] + "…"
+        where = f"{path} spec {i + 1} ({shown})"
         _check_keys(item, TuneSpec, where)
         method = _check_method(item, where)
         candidates = []
@@ -149,7 +169,7 @@ def load_grid(path: Path = GRID_PATH) -> List[TuneSpec]:
             raise ValueError(f"{where} needs at least one candidate")
         inherit = item.get("inherit")
         if inherit is not None and inherit not in [s.label for s in specs]:
-            raise ValueError(f"{where} inherits from {inherit!r}, which must be listed before it")
+            raise ValueError(f"{where} inherits from {brief(inherit)}, which must be listed before it")
         specs.append(TuneSpec(item["label"], method, candidates, bool(item.get("ours", False)), inherit,
                               _args(item.get("fixed"), method, f"{where} fixed"), _config(item.get("config"), where)))
     return specs

@@ -23,10 +23,13 @@ import torch
 
 from .engine import (CheckpointError, DistributedError, NonFiniteLossError, TrainConfig, Trainer, bundled_configs,
                      load_recipe, resolve_device)
-from .engine.folder import FolderLock
-from .engine.signals import exit_status
-from .engine.trainer import Interrupted, check_writable, run_in_processes
-from .methods import METHODS, SelfDistillation, distill_settings, method_settings
+from .engine.budget import check_fits, check_memory, step_estimate
+from .engine.config import MAX_SEED
+from .engine.processes import check_writable, run_in_processes
+from .engine.signals import Interrupted, exit_status
+from .argtypes import MAX_MESSAGE_CHARS, OneLineParser, finite_at_least, int_at_least, parse_float, parse_int
+from .checks import brief
+from .methods import METHODS, SelfDistillation, distill_settings, method_settings, setting_help
 from .methods.settings import Setting
 
 # Flag spellings that differ from the setting's name (torchrun's parser swallows --n; MixupE's version).
@@ -58,7 +61,7 @@ def parse_bool(text: str) -> bool:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false, got {brief(text)}")
 
 
 def argparse_kwargs(annotation: Any) -> Dict[str, Any]:
@@ -71,10 +74,10 @@ def argparse_kwargs(annotation: Any) -> Dict[str, Any]:
     if origin is typing.Literal:
         return {"type": type(args[0]), "choices": list(args)}
     if origin in (list, tuple, collections.abc.Sequence):
-        return {"type": args[0] if args else str, "nargs": "+"}
+        return {**argparse_kwargs(args[0] if args else str), "nargs": "+"}
     if annotation is bool:
         return {"type": parse_bool, "metavar": "{true,false}"}
-    return {"type": annotation if annotation in (int, float, str) else str}
+    return {"type": {int: parse_int, float: parse_float}.get(annotation, str)}
 
 
 def all_method_settings() -> Dict[str, Setting]:
@@ -107,9 +110,8 @@ def train_parser(sub) -> argparse.ArgumentParser:
             group.add_argument(flag, dest=f.name, help=help_text, **argparse_kwargs(annotation))
     g = p.add_argument_group("method settings (each applies to the methods named; see multimix.methods)")
     for name, setting in all_method_settings().items():
-        takers = [m for m in METHODS if name in method_settings(m)]
         g.add_argument(*FLAG_NAMES.get(name, ["--" + name.replace("_", "-")]), dest=name,
-                       help=f"{setting.help} ({', '.join(takers)})", **argparse_kwargs(setting.annotation))
+                       help=setting_help(name), **argparse_kwargs(setting.annotation))
     g = p.add_argument_group("self-distillation (an EMA teacher's soft targets, interpolated like hard ones)")
     g.add_argument("--distill", action="store_true", help="turn on self-distillation (defaults: "
                    + ", ".join(f"{k} {v}" for k, v in SelfDistillation.DEFAULTS.items()) + ")")
@@ -147,15 +149,17 @@ def bench_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="compare methods over seeds (default: MNIST-1D, 9 methods x 5 seeds with tuned "
                                      "settings, about 10 minutes on 2 CPU cores)")
     p.add_argument("--out-dir", default="runs/bench", help="where results.{md,csv,json,png} go (default runs/bench)")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed … first-seed + seeds − 1")
+    p.add_argument("--seeds", type=int_at_least(1), default=5)
+    p.add_argument("--first-seed", type=int_at_least(0, MAX_SEED), default=0,
+                   help="seeds run are first-seed … first-seed + seeds − 1")
     p.add_argument("--config", help="a training recipe (bundled name or YAML path) to compare on instead of MNIST-1D; "
                                     "its method settings are ignored")
     p.add_argument("--data-dir", help="data location for --config recipes that read files")
-    p.add_argument("--epochs", type=int, help="epochs per run (default 30)")
-    p.add_argument("--num-train", type=int, help="training examples (default 2000)")
-    p.add_argument("--num-test", type=int, help="test examples (default 10000)")
-    p.add_argument("--val-size", type=int, help="validation examples held out of the training pool, used by --tune "
+    p.add_argument("--epochs", type=int_at_least(1), help="epochs per run (default 30)")
+    p.add_argument("--num-train", type=int_at_least(1), help="training examples (default 2000)")
+    p.add_argument("--num-test", type=int_at_least(1), help="test examples (default 10000)")
+    p.add_argument("--val-size", type=int_at_least(0),
+                   help="validation examples held out of the training pool, used by --tune "
                                                  "(default: 5000 on MNIST-1D, where they are generated beside the "
                                                  "training set; the recipe's with --config)")
     p.add_argument("--methods", help="comma-separated labels or method names to keep (default: all)")
@@ -166,8 +170,24 @@ def bench_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tune", action="store_true",
                    help="first select each method's settings on the validation split (same number of candidates "
                         "and tuning seeds for every method), then compare the chosen settings on the test split")
-    p.add_argument("--tune-seeds", type=int, default=2, help="seeds per tuning candidate (default 2)")
-    p.add_argument("--attack-limit", type=int, default=1000, help="test examples attacked per run (default 1000)")
+    p.add_argument("--tune-seeds", type=int_at_least(1), default=2, help="seeds per tuning candidate (default 2)")
+    p.add_argument("--attack-limit", type=int_at_least(1), default=1000,
+                   help="test examples attacked per run (default 1000)")
+    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="run even when a run's data or training step is estimated not to fit in memory")
+    g = p.add_argument_group("sweep (every run is recorded in OUT_DIR/runs; the same command again runs only the "
+                             "missing ones)")
+    g.add_argument("--jobs", type=int_at_least(1), help="runs at a time on this machine, each in its own process (default: one "
+                                            "per usable CPU core, or per GPU when the runs use CUDA)")
+    g.add_argument("--threads-per-run", type=int_at_least(1), help="torch threads of each local run (default 1, as with --ray "
+                                                       "--cpus-per-run 1, so that results do not depend on --jobs)")
+    g.add_argument("--ray", metavar="ADDRESS", help="send the runs to the running Ray cluster at ADDRESS (host:port, "
+                                                    "or auto) instead (pip install 'multimix[cluster]')")
+    g.add_argument("--cpus-per-run", type=finite_at_least(0), default=1, help="with --ray: CPUs reserved per run (default 1)")
+    g.add_argument("--gpus-per-run", type=finite_at_least(0), default=0, help="with --ray: GPUs reserved per run (default 0)")
+    g.add_argument("--fresh", action="store_true", help="delete OUT_DIR's run records first and run everything again")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (it is shown on stderr when stderr is a terminal)")
     return p
 
 
@@ -184,22 +204,37 @@ def keep_methods(items, names: Optional[str], what: str):
 
 
 def run_bench_command(args) -> int:
-    """``multimix bench``, holding its output folder's lock: a second bench into the same folder is refused."""
-    with FolderLock(Path(args.out_dir), "bench"):
-        return bench_command(args)
+    """``multimix bench``: its sweep holds the output folder's lock, so a second bench into the same folder is
+    refused."""
+    return bench_command(args)
+
+
+def sweep_executor(args, base: TrainConfig):
+    """The executor ``--ray`` / ``--jobs`` / ``--threads-per-run`` ask for (checked before any work)."""
+    from .experiments.executors import LocalExecutor, RayExecutor, default_jobs
+
+    if args.ray:
+        if args.jobs is not None or args.threads_per_run is not None:
+            raise ValueError("--jobs and --threads-per-run are for runs on this machine; with --ray use "
+                             "--cpus-per-run and --gpus-per-run")
+        return RayExecutor(args.ray, args.cpus_per_run, args.gpus_per_run)
+    gpus = list(range(torch.cuda.device_count())) if resolve_device(base.device).type == "cuda" else []
+    jobs = args.jobs or (len(gpus) if gpus else default_jobs(1 << 30))
+    return LocalExecutor(jobs, args.threads_per_run or 1, gpus)
 
 
 def bench_command(args) -> int:
     from .experiments.bench import (DEFAULT_CONFIG, evaluate_once_unless_best_val, evaluation_table, markdown_table,
-                                    run_bench)
+                                    missing_note, run_bench)
     from .experiments.entries import ENTRIES_PATH, GRID_PATH, bench_file, load_entries, load_grid
+    from .experiments.sweep import Sweep
     from .experiments.tune import tune
 
     with checking_input():
         check_writable(Path(args.out_dir))
-        for name in ("seeds", "tune_seeds", "attack_limit"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if args.first_seed + args.seeds - 1 > MAX_SEED:
+            raise ValueError(f"the last seed, --first-seed + --seeds - 1, must be at most {MAX_SEED}, got "
+                             f"{args.first_seed + args.seeds - 1}")
         base = DEFAULT_CONFIG
         if args.config:
             recipe = {k: v for k, v in load_recipe(args.config).items() if k not in ("method", "method_args", "distill")}
@@ -207,6 +242,8 @@ def bench_command(args) -> int:
         overrides = {k: v for k, v in (("epochs", args.epochs), ("num_train", args.num_train),
                                        ("num_test", args.num_test), ("val_size", args.val_size),
                                        ("data_dir", args.data_dir)) if v is not None}
+        if not args.memory_check:
+            overrides["memory_check"] = False
         base = replace(base, **overrides)
         base = evaluate_once_unless_best_val(base).validate()
         if args.tune:
@@ -216,18 +253,27 @@ def bench_command(args) -> int:
         else:
             entries = keep_methods(load_entries(bench_file(args.entries) if args.entries else ENTRIES_PATH), args.methods,
                                    "bench methods")
+        # every run's data and step must fit: refused here, before the first run, not in the middle of the bench
+        runs = ([(spec.method, {**spec.fixed, **margs}, distill, spec.config) for spec in grid
+                 for margs, distill in spec.candidates] if args.tune
+                else [(e.method, e.method_args, e.distill, e.config) for e in entries])
+        for method, method_args, distill, config in runs:
+            check_memory(replace(base, method=method, method_args=method_args, distill=distill, **config))
+        executor = sweep_executor(args, base)
     size = lambda n: "all" if n is None else n  # noqa: E731
     setting = (f"{base.dataset} ({size(base.num_train)} train / {base.val_size} validation / {size(base.num_test)} "
                f"test, {base.model} width {base.width or 'default'}, {base.epochs} epochs)")
-    if args.tune:
-        print(f"multimix bench --tune: selecting settings of {len(grid)} methods on the validation split, "
-              f"{args.tune_seeds} seeds per candidate, {setting}", flush=True)
-        entries, _ = tune(Path(args.out_dir), base, seeds=args.tune_seeds, grid=grid,
-                          log=lambda line: print(line, flush=True))
-    print(f"multimix bench: {len(entries)} methods × {args.seeds} seeds on {setting}", flush=True)
-    results = run_bench(Path(args.out_dir), seeds=args.seeds, first_seed=args.first_seed, entries=entries, base=base,
-                        attack_limit=args.attack_limit, log=lambda line: print(line, flush=True))
-    print("\n" + markdown_table(results) + "\n\n" + evaluation_table(results))
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    with Sweep(Path(args.out_dir), executor, fresh=args.fresh, progress=args.progress, log=log) as sweep:
+        if args.tune:
+            print(f"multimix bench --tune: selecting settings of {len(grid)} methods on the validation split, "
+                  f"{args.tune_seeds} seeds per candidate, {setting}", flush=True)
+            entries, _ = tune(Path(args.out_dir), base, seeds=args.tune_seeds, grid=grid, log=log, sweep=sweep)
+        print(f"multimix bench: {len(entries)} methods × {args.seeds} seeds on {setting}", flush=True)
+        results = run_bench(Path(args.out_dir), seeds=args.seeds, first_seed=args.first_seed, entries=entries,
+                            base=base, attack_limit=args.attack_limit, log=log, sweep=sweep)
+    missing = missing_note(results)
+    print("\n" + markdown_table(results) + ("\n\n" + missing if missing else "") + "\n\n" + evaluation_table(results))
     print(f"\nwrote {args.out_dir}/results.md, results.csv, results.json, results.png, embeddings.png "
           f"({results['wall_time_s']:.0f} s)")
     return 0
@@ -238,9 +284,10 @@ def eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a last.pt written by `multimix train`")
     p.add_argument("--out-dir", help="where eval.json, reliability.png and embeddings.png go (default: beside the checkpoint)")
     p.add_argument("--data-dir", help="override the data location stored in the checkpoint's config")
-    p.add_argument("--eps", type=float, help="L∞ budget (default 8/255 for images, the same share of the range for MNIST-1D)")
-    p.add_argument("--pgd-steps", type=int, default=10)
-    p.add_argument("--attack-limit", type=int, default=2000, help="test examples attacked (default 2000)")
+    p.add_argument("--eps", type=finite_at_least(0.0),
+                   help="L∞ budget (default 8/255 for images, the same share of the range for MNIST-1D)")
+    p.add_argument("--pgd-steps", type=int_at_least(1), default=10)
+    p.add_argument("--attack-limit", type=int_at_least(1), default=2000, help="test examples attacked (default 2000)")
     p.add_argument("--ood", default="shuffled", help="shuffled (default), cifar10, cifar100, or imagefolder:PATH")
     p.add_argument("--projection", choices=["pca", "tsne"], default="pca")
     p.add_argument("--device", default="auto")
@@ -248,41 +295,53 @@ def eval_parser(sub) -> argparse.ArgumentParser:
 
 
 def ood_dataset(spec: str, config, splits):
-    """The out-of-distribution set named by ``--ood``."""
-    from .data import ShuffledPositions, load_dataset
+    """The out-of-distribution set named by ``--ood``; None for ``shuffled``, the report's default (where it applies).
+
+    A set of images is refused unless its inputs have the shape of the checkpoint's (before it is read, where
+    the checkpoint's data are not images).
+    """
+    from .data import load_dataset
 
     if spec == "shuffled":
-        return ShuffledPositions(splits.test)
-    if spec in ("cifar10", "cifar100"):
-        return load_dataset(spec, num_test=config.num_test).test
+        return None
+    if spec not in ("cifar10", "cifar100") and not spec.startswith("imagefolder:"):
+        raise ValueError(f"unknown --ood {brief(spec)}; valid: shuffled, cifar10, cifar100, imagefolder:PATH")
+    if len(splits.input_shape) != 3 or not splits.input_dtype.is_floating_point:
+        raise ValueError(f"--ood {brief(spec)} is a set of images; the examples of {config.dataset} have shape "
+                         f"{tuple(splits.input_shape)}: use --ood shuffled")
     if spec.startswith("imagefolder:"):
-        return load_dataset("imagefolder", data_dir=spec.split(":", 1)[1], image_size=config.image_size,
-                            num_test=config.num_test).test
-    raise ValueError(f"unknown --ood {spec!r}; valid: shuffled, cifar10, cifar100, imagefolder:PATH")
+        other = load_dataset("imagefolder", data_dir=spec.split(":", 1)[1], image_size=config.image_size,
+                             num_test=config.num_test)
+    else:
+        other = load_dataset(spec, num_test=config.num_test)
+    if tuple(other.input_shape) != tuple(splits.input_shape):
+        raise ValueError(f"--ood {brief(spec)} has inputs of shape {tuple(other.input_shape)}; the checkpoint's "
+                         f"model takes {tuple(splits.input_shape)} ({config.dataset})")
+    return other.test
 
 
 def run_eval_command(args) -> int:
-    import json
-
     from .engine import load_trained
+    from .engine.checkpoint import write_json_atomic
     from .evaluation.plots import plot_embeddings, plot_reliability_diagram
-    from .evaluation.report import report
+    from .evaluation.report import inapplicable, report
 
     with checking_input():
-        for name in ("pgd_steps", "attack_limit"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         device = resolve_device(args.device)
         overrides = {"data_dir": args.data_dir} if args.data_dir else {}
         config, splits, model = load_trained(args.checkpoint, device=device, **overrides)
         ood = ood_dataset(args.ood, config, splits)
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
     check_writable(out_dir)  # before the evaluation, not after it
+    skipped = inapplicable(splits, ood)
+    if skipped:  # said before the evaluation starts
+        print(f"eval: skipped for {config.dataset}: " + ", ".join(f"{name} ({why})" for name, why in skipped.items()),
+              flush=True)
     result = report(model, splits, ood=ood, eps=args.eps, pgd_steps=args.pgd_steps, attack_limit=args.attack_limit,
                     device=device)
     predictions = result.pop("_predictions")
     result.update({"checkpoint": str(args.checkpoint), "ood": args.ood, "method": config.method})
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    write_json_atomic({**result, "skipped": skipped}, out_dir / "eval.json")  # strict JSON: NaN is null
     probs = torch.softmax(predictions["logits"], 1)
     plot_reliability_diagram(probs, predictions["labels"], out_dir / "reliability.png",
                              title=f"{config.method} on {config.dataset}")
@@ -296,34 +355,47 @@ def run_eval_command(args) -> int:
 
 
 def speed_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("speed", help="interpolated examples per second vs n: MultiMix against input mixup")
+    p = sub.add_parser("speed", help="step time vs n, interleaved: ERM, MultiMix, Dense MultiMix, input mixup")
     p.add_argument("--out-dir", default="runs/speed")
     p.add_argument("--model", default="cnn1d", help="cnn1d (MNIST-1D shape) or preact_resnet18/_small (32x32 images)")
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--ns", type=int, nargs="+", default=[10, 100, 1000, 10_000, 100_000])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--max-mixup-seconds", type=float, default=20.0)
+    p.add_argument("--width", type=int_at_least(1), default=32)
+    p.add_argument("--batch-size", type=int_at_least(1), default=128)
+    p.add_argument("--ns", type=int_at_least(1), nargs="+", default=[10, 100, 1000, 10_000, 100_000])
+    p.add_argument("--repeats", type=int_at_least(1), default=3)
+    p.add_argument("--max-mixup-seconds", type=finite_at_least(0.0), default=20.0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall clock, or the process's CPU time (CPU only; for machines shared with other jobs)")
+    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="measure even when the largest n is estimated not to fit in memory")
     return p
 
 
 def run_speed_command(args) -> int:
     import json
 
-    from .experiments.speed import measure_speed, plot_speed
+    from .experiments.speed import format_speed_table, measure_speed, plot_speed
 
     with checking_input():
         device = resolve_device(args.device)
-    shape, classes = ((1, 40), 10) if args.model == "cnn1d" else ((3, 32, 32), 100)
+        if args.clock == "cpu" and torch.device(device).type != "cpu":
+            raise ValueError(f"--clock cpu measures CPU time and needs --device cpu, got {device}")
+        shape, classes = ((1, 40), 10) if args.model == "cnn1d" else ((3, 32, 32), 100)
+        if args.memory_check:  # the largest n's costliest step (Dense MultiMix's), before any is measured
+            steps = [step_estimate(model=args.model, input_shape=shape, num_classes=classes, batch=args.batch_size,
+                                   width=args.width, method=method, method_args={"n": max(args.ns)}, device=device)
+                     for method in ("multimix", "dense_multimix")]
+            check_fits(max(steps, key=lambda step: step.total), device, hint="pass --no-memory-check to try anyway")
+        check_writable(Path(args.out_dir))  # before the measurements, not after them
     rows = measure_speed(model_name=args.model, width=args.width, input_shape=shape, num_classes=classes,
                          batch_size=args.batch_size, ns=args.ns, repeats=args.repeats,
-                         max_mixup_seconds=args.max_mixup_seconds, device=device,
+                         max_mixup_seconds=args.max_mixup_seconds, device=device, clock=args.clock,
                          log=lambda line: print(line, flush=True))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps(rows, indent=2))
     plot_speed(rows, out / "speed.png", title=f"{args.model} (width {args.width}), batch {args.batch_size}")
+    print(format_speed_table(rows))
     print(f"wrote {out}/speed.json, speed.png")
     return 0
 
@@ -361,14 +433,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     An unexpected exception (a bug) propagates with its traceback.
     """
-    parser = argparse.ArgumentParser(prog="multimix", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="multimix", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train_parser(sub)
     bench_parser(sub)
     eval_parser(sub)
     speed_parser(sub)
     sub.add_parser("configs", help="list the bundled YAML recipes")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0), or a flag refused in one line (2)
+        return done.code if isinstance(done.code, int) else 2
     if args.command == "configs":
         print("\n".join(bundled_configs()))
         return 0
@@ -381,7 +456,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"multimix {args.command}: stopped by SIGINT", file=sys.stderr)
         return exit_status(signal.SIGINT)
     except USER_ERRORS as err:
-        print(f"multimix {args.command}: error: {err}", file=sys.stderr)
+        message = str(err).replace("\r", " ").replace("\n", " ")[:MAX_MESSAGE_CHARS]  # one bounded line
+        print(f"multimix {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

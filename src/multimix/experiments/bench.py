@@ -9,28 +9,31 @@ difference to the best baseline (the baseline with the highest mean) with a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
-import signal
 import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
+import torch
 
-from ..engine import Trainer, TrainConfig
+from ..engine import TrainConfig
+from ..engine.checkpoint import write_json_atomic
 from ..engine.trainer import Interrupted
 from ..evaluation.plots import matplotlib_available, new_figure, plot_embeddings, save_figure
-from ..evaluation.report import report
 from .entries import BenchEntry, load_entries
+from .runner import data_sizes, finished
 from .stats import paired_comparison
+from .sweep import Run, Sweep
 
-__all__ = ["BenchEntry", "DEFAULT_ENTRIES", "DEFAULT_CONFIG", "run_bench", "summarise", "markdown_table",
-           "evaluation_table", "evaluation_note", "write_results", "data_sizes", "finished",
-           "evaluate_once_unless_best_val"]
+__all__ = ["BenchEntry", "DEFAULT_ENTRIES", "DEFAULT_CONFIG", "run_bench", "bench_runs", "results_from_records",
+           "summarise", "markdown_table", "missing_note", "evaluation_table", "evaluation_note", "write_results",
+           "data_sizes", "finished", "evaluate_once_unless_best_val", "sweep_into"]
 
 # Each method's settings as selected on MNIST-1D's validation split (configs/bench/entries.yaml).
 DEFAULT_ENTRIES: List[BenchEntry] = load_entries()
@@ -48,19 +51,6 @@ def evaluate_once_unless_best_val(base: TrainConfig) -> TrainConfig:
     return replace(base, eval_every=base.epochs) if base.select == "last" else base
 
 
-def finished(summary: Dict[str, Any]) -> Dict[str, Any]:
-    """``summary`` of a completed run; a run stopped by SIGINT/SIGTERM stops the whole experiment the same way."""
-    if summary["status"] == "interrupted":
-        raise Interrupted(getattr(signal, summary.get("signal", "SIGINT")))
-    return summary
-
-
-def data_sizes(splits) -> Dict[str, int]:
-    """The number of training, validation and test examples a run used."""
-    return {"num_train": len(splits.train), "val_size": len(splits.val) if splits.val is not None else 0,
-            "num_test": len(splits.test)}
-
-
 # Evaluation columns reported per method (mean over seeds): name -> (header, lower is better?)
 EXTRA_COLUMNS = {
     "fgsm_error": ("FGSM error %", True),
@@ -74,70 +64,116 @@ EXTRA_COLUMNS = {
 }
 
 
+@contextlib.contextmanager
+def sweep_into(out_dir: Path, sweep: Optional[Sweep], log) -> Iterator[Sweep]:
+    """``sweep`` (already entered by the caller, writing into ``out_dir``), or a default one held for this block."""
+    if sweep is not None:
+        if Path(sweep.out) != Path(out_dir):
+            raise ValueError(f"the sweep writes into {sweep.out}, not into {out_dir}")
+        yield sweep
+        return
+    with Sweep(out_dir, progress=False, log=log) as own:
+        yield own
+
+
+def bench_runs(entries: Sequence[BenchEntry], base: TrainConfig, seeds: Sequence[int], pgd_steps: int,
+               attack_limit: int) -> List[Run]:
+    """The test runs of the comparison: every entry × every seed, in table order (checked before any work)."""
+    role = {"kind": "test", "pgd_steps": pgd_steps, "attack_limit": attack_limit}
+    return [Run(replace(base, method=entry.method, method_args=dict(entry.method_args), distill=entry.distill,
+                        seed=seed, **entry.config, checkpoint=False, progress=False).validate(), role, entry.label,
+                entry.ours)
+            for entry in entries for seed in seeds]
+
+
 def run_bench(out_dir: Path, *, seeds: int = 5, first_seed: int = 0, entries: Sequence[BenchEntry] = DEFAULT_ENTRIES,
               base: TrainConfig = DEFAULT_CONFIG, pgd_steps: int = 7, attack_limit: int = 1000,
-              log=print) -> Dict[str, Any]:
-    """Train every entry for seeds ``first_seed`` … ``first_seed + seeds − 1``, evaluate it, and write
-    results.{md,csv,json}, results.png and embeddings.png (a 2-D PCA of the first seed's test embeddings,
-    one panel per method) to ``out_dir``."""
+              log=print, sweep: Optional[Sweep] = None) -> Dict[str, Any]:
+    """Train and evaluate every entry for seeds ``first_seed`` … ``first_seed + seeds − 1`` as one sweep (one record
+    per run in ``out_dir/runs``; finished runs are not run again), then write results.{md,csv,json}, results.png and
+    embeddings.png (a 2-D PCA of the first seed's test embeddings, one panel per method) from the records.
+
+    ``sweep``: an entered :class:`Sweep` into ``out_dir`` (its executor, e.g. Ray); default: local processes.
+    On SIGINT/SIGTERM the tables of the runs finished so far are written and :class:`Interrupted` is raised.
+    """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if first_seed < 0:
         raise ValueError(f"first_seed must be >= 0, got {first_seed}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = bench_runs(entries, base, range(first_seed, first_seed + seeds), pgd_steps, attack_limit)
     if not matplotlib_available():
         log("matplotlib is not installed: the tables will be written, the plots skipped (pip install matplotlib)")
-    runs: List[Dict[str, Any]] = []
-    embeddings: Dict[str, Any] = {}
     start = time.perf_counter()
-    for entry in entries:
-        label, method, args, distill, ours = entry.label, entry.method, entry.method_args, entry.distill, entry.ours
-        for seed in range(first_seed, first_seed + seeds):
-            config = replace(base, method=method, method_args=dict(args), distill=distill, seed=seed, **entry.config,
-                             out_dir=str(out_dir / "runs" / f"{method}-{seed}"), checkpoint=False, progress=False)
-            t0 = time.perf_counter()
-            trainer = Trainer(config)
-            summary = finished(trainer.run())
-            final = summary["selected"]  # the last epoch, or the best validation epoch with select="best_val"
-            sizes = data_sizes(trainer.splits)
-            extra = report(trainer.model, trainer.splits, pgd_steps=pgd_steps, attack_limit=attack_limit,
-                           device=trainer.device, seed=seed)
-            predictions = extra.pop("_predictions")
-            if seed == first_seed:
-                embeddings[label] = (predictions["embeddings"][:2000], predictions["labels"][:2000])
-            runs.append({"label": label, "method": method, "ours": ours, "seed": seed,
-                         "test_accuracy": final["test_accuracy"], "epoch": final["epoch"],
-                         "test_accuracy_last": summary["final"]["test_accuracy"], "time_s": time.perf_counter() - t0,
-                         "method_args": args, "distill": distill, "config": dict(entry.config),
-                         **{k: v for k, v in extra.items() if k in EXTRA_COLUMNS}})
-            pgd = f"PGD error {extra['pgd_error']:.1f}%, " if "pgd_error" in extra else ""
-            log(f"{label:30s} seed {seed}: test accuracy {final['test_accuracy']:.2f}%, {pgd}ECE {extra['ece']:.2f}%  "
-                f"({runs[-1]['time_s']:.1f} s, {time.perf_counter() - start:.0f} s total)")
-    results = summarise(runs)
-    results["setting"] = {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")}
-    results["setting"].update(sizes)  # the sizes used, also where the config says "all" (None)
-    results["seeds"] = seeds
-    results["wall_time_s"] = time.perf_counter() - start
-    write_results(results, out_dir)
-    if matplotlib_available():
-        plot_embeddings(embeddings, out_dir / "embeddings.png", method="pca",
-                    title=f"test embeddings (seed {first_seed}), 2-D PCA, coloured by class")
+    with sweep_into(out_dir, sweep, log) as active:
+        try:
+            records = active.run(runs, "bench runs")
+        except Interrupted:
+            write_results(results_from_records(runs, active.records(runs), base, seeds), out_dir)
+            raise
+        results = results_from_records(runs, records, base, seeds)
+        results["wall_time_s"] = time.perf_counter() - start
+        write_results(results, out_dir)
+        if matplotlib_available():
+            panels = {}
+            for run in sorted(runs, key=lambda run: run.config.seed):
+                saved = active.embeddings(run) if run.label not in panels else None
+                if saved is not None:
+                    panels[run.label] = (torch.from_numpy(saved["embeddings"]), torch.from_numpy(saved["labels"]))
+            if panels:
+                panels = {label: panels[label] for label in dict.fromkeys(run.label for run in runs) if label in panels}
+                plot_embeddings(panels, out_dir / "embeddings.png", method="pca",
+                                title=f"test embeddings (seed {first_seed}), 2-D PCA, coloured by class")
     return results
 
 
-def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    labels = list(dict.fromkeys(r["label"] for r in runs))
-    acc = {label: [r["test_accuracy"] for r in sorted(runs, key=lambda r: r["seed"]) if r["label"] == label]
-           for label in labels}
-    is_ours = {r["label"]: r["ours"] for r in runs}
+def results_from_records(runs: Sequence[Run], records: Dict[str, Dict[str, Any]], base: TrainConfig,
+                         seeds: int) -> Dict[str, Any]:
+    """The comparison computed from the runs' records alone; runs without a completed record are listed in
+    ``missing`` (status failed with its error, or missing)."""
+    rows, missing, sizes = [], [], {}
+    for run in runs:
+        record = records.get(run.id)
+        if record is None or record["status"] != "completed":
+            missing.append({"label": run.label, "seed": run.config.seed, "id": run.id,
+                            "status": record["status"] if record else "missing",
+                            "error": record.get("error") if record else None})
+            continue
+        result = record["result"]
+        sizes = sizes or record.get("sizes", {})
+        rows.append({"label": run.label, "method": run.config.method, "ours": run.ours, "seed": run.config.seed,
+                     "id": run.id, "test_accuracy": result["test_accuracy"], "epoch": result.get("epoch"),
+                     "test_accuracy_last": result.get("test_accuracy_last", result["test_accuracy"]),
+                     "time_s": record.get("time_s", 0.0), "host": record.get("host"),
+                     "method_args": run.config.method_args, "distill": run.config.distill,
+                     **{k: result[k] for k in EXTRA_COLUMNS if isinstance(result.get(k), (int, float))}})
+    results = summarise(rows, labels=list(dict.fromkeys(run.label for run in runs)),
+                        ours={run.label: run.ours for run in runs})
+    results["missing"] = missing
+    results["setting"] = {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")}
+    results["setting"].update(sizes)  # the sizes used, also where the config says "all" (None)
+    results["seeds"] = seeds
+    results["wall_time_s"] = sum(r["time_s"] for r in rows)
+    return results
+
+
+def summarise(runs: List[Dict[str, Any]], labels: Optional[List[str]] = None,
+              ours: Optional[Dict[str, bool]] = None) -> Dict[str, Any]:
+    """Rows (mean ± std per label) and, for each of ours, the paired comparison with the best baseline over the
+    seeds both have (complete pairs only; ``pairs`` counts them). Labels without a completed run get no row."""
+    labels = [label for label in (labels or dict.fromkeys(r["label"] for r in runs)) if any(r["label"] == label
+                                                                                          for r in runs)]
+    by_seed = {label: {r["seed"]: r["test_accuracy"] for r in runs if r["label"] == label} for label in labels}
+    acc = {label: [by_seed[label][seed] for seed in sorted(by_seed[label])] for label in labels}
+    is_ours = {**(ours or {}), **{r["label"]: r["ours"] for r in runs}}
     baselines = [label for label in labels if not is_ours[label]]
     best = max(baselines, key=lambda label: np.mean(acc[label])) if baselines else None
     rows = []
     for label in labels:
         values = acc[label]
         row = {"method": label, "ours": is_ours[label], "mean": float(np.mean(values)),
-               "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"), "accuracies": values}
+               "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"), "accuracies": values,
+               "seeds": sorted(by_seed[label])}
         last = [r["test_accuracy_last"] for r in runs if r["label"] == label and "test_accuracy_last" in r]
         if len(last) == len(values):
             row["mean_last"] = float(np.mean(last))
@@ -145,10 +181,29 @@ def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
             column = [r[key] for r in runs if r["label"] == label and key in r]
             if column:
                 row[key] = float(np.mean(column))
-        if best is not None and is_ours[label]:
-            row["vs_best_baseline"] = paired_comparison(values, acc[best])
+        common = sorted(set(by_seed[label]) & set(by_seed[best])) if best is not None else []
+        if best is not None and is_ours[label] and common:
+            row["vs_best_baseline"] = {**paired_comparison([by_seed[label][s] for s in common],
+                                                           [by_seed[best][s] for s in common]), "pairs": len(common)}
         rows.append(row)
     return {"best_baseline": best, "rows": rows, "runs": runs}
+
+
+def missing_note(results: Dict[str, Any]) -> str:
+    """The runs not in the table (failed with their error, or missing) and the pairs the paired statistics used."""
+    parts = []
+    missing = results.get("missing", [])
+    if missing:
+        named = "; ".join(f"{m['label']} seed {m['seed']} ({m['status']}" + (f": {m['error']}" if m.get("error") else "")
+                          + ")" for m in missing)
+        parts.append(f"Not in the table ({len(missing)} run(s)): {named}.")
+    seeds = results.get("seeds")
+    pairs = {row["method"]: row["vs_best_baseline"].get("pairs") for row in results["rows"] if "vs_best_baseline" in row}
+    short = {label: k for label, k in pairs.items() if k is not None and k != seeds}
+    if short:
+        parts.append("Paired statistics use complete pairs only: " + ", ".join(
+            f"{label} {k} of {seeds} seeds" for label, k in short.items()) + ".")
+    return " ".join(parts)
 
 
 def markdown_table(results: Dict[str, Any]) -> str:
@@ -214,7 +269,10 @@ def write_results(results: Dict[str, Any], out_dir: Path) -> None:
               f"{results.get('seeds')} seeds; bold = ours.")
     evaluation = evaluation_table(results)
     note = "\n\n" + evaluation_note(results) + "\n"
-    (out_dir / "results.md").write_text(header + "\n\n" + markdown_table(results) + "\n\n" + evaluation + note)
+    missing = missing_note(results)
+    missing = f"\n{missing}\n" if missing else ""
+    (out_dir / "results.md").write_text(header + "\n\n" + markdown_table(results) + "\n" + missing + "\n" + evaluation
+                                        + note)
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         extra = [k for k in EXTRA_COLUMNS if any(k in r for r in results["runs"])]
@@ -222,7 +280,7 @@ def write_results(results: Dict[str, Any], out_dir: Path) -> None:
         for r in results["runs"]:
             writer.writerow([r["label"], r["ours"], r["seed"], f"{r['test_accuracy']:.4f}", f"{r['time_s']:.2f}",
                              *(f"{r[k]:.5g}" for k in extra)])
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_json_atomic(json.loads(json.dumps(results, default=str)), out_dir / "results.json")
     if matplotlib_available():
         plot_results(results, out_dir / "results.png")
 

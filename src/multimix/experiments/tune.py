@@ -24,12 +24,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..engine import Trainer, TrainConfig
+from ..engine import TrainConfig
+from ..engine.checkpoint import write_json_atomic
 from ..evaluation.plots import matplotlib_available, new_figure, save_figure
-from .bench import data_sizes, finished
+from .bench import sweep_into
 from .entries import BenchEntry, TuneSpec, load_grid
+from .sweep import Run, Sweep
 
-__all__ = ["TuneSpec", "DEFAULT_GRID", "GRID_SIZE", "TUNING_SEED_OFFSET", "tune", "candidate_name"]
+__all__ = ["TuneSpec", "DEFAULT_GRID", "GRID_SIZE", "TUNING_SEED_OFFSET", "tune", "tuning_runs", "candidate_records",
+           "candidate_name"]
 
 GRID_SIZE = 5  # candidates per tunable method
 TUNING_SEED_OFFSET = 1000  # tuning seeds are 1000, 1001, ...: never the seeds of the final comparison
@@ -50,56 +53,69 @@ def candidate_name(args: Dict[str, Any], distill: Optional[Dict[str, float]]) ->
     return ", ".join(parts) or "(defaults)"
 
 
+def tuning_runs(spec: TuneSpec, inherited: Dict[str, Any], base: TrainConfig, seeds: int) -> List[Run]:
+    """Every candidate of ``spec`` × every tuning seed, each candidate starting from the ``inherited`` arguments."""
+    runs = []
+    for index, (args, distill) in enumerate(spec.candidates):
+        own_args = {**spec.fixed, **args}
+        for s in range(seeds):
+            config = replace(base, method=spec.method, method_args={**inherited, **own_args}, distill=distill,
+                             seed=TUNING_SEED_OFFSET + s, **spec.config, checkpoint=False, progress=False).validate()
+            runs.append(Run(config, {"kind": "tune"}, spec.label, spec.ours,
+                            {"candidate": index, "name": candidate_name(own_args, distill)}))
+    return runs
+
+
 def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[TuneSpec] = DEFAULT_GRID,
-         log=print) -> Tuple[List[BenchEntry], Dict[str, Any]]:
+         log=print, sweep: Optional[Sweep] = None) -> Tuple[List[BenchEntry], Dict[str, Any]]:
     """Train every candidate of every spec for ``seeds`` tuning seeds and keep the best by validation accuracy.
 
-    ``base`` must hold out a validation split (``val_size > 0``). Writes
-    tuning.{md,csv,json,png} to ``out_dir`` and returns the chosen bench
-    entries (in grid order) and the full record.
+    ``base`` must hold out a validation split (``val_size > 0``). The candidates run as one sweep (one record per
+    run in ``out_dir/runs``), in stages: a spec that inherits another's choice runs after it. The choice and
+    tuning.{md,csv,json,png} in ``out_dir`` are computed from the records alone. A candidate whose runs failed is
+    named and cannot be chosen; a spec whose candidates all failed is left out of the returned entries (in grid
+    order), as is any spec inheriting from it.
     """
     if base.val_size < 1:
         raise ValueError(f"tuning selects on a validation split: base.val_size must be >= 1, got {base.val_size}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    chosen_args: Dict[str, Dict[str, Any]] = {}
-    entries: List[BenchEntry] = []
-    records: List[Dict[str, Any]] = []
-    start = time.perf_counter()
-    for spec in grid:
-        if spec.inherit is not None and spec.inherit not in chosen_args:
+    labels = [spec.label for spec in grid]
+    for i, spec in enumerate(grid):
+        if spec.inherit is not None and spec.inherit not in labels[:i]:
             raise ValueError(f"{spec.label!r} inherits from {spec.inherit!r}, which must be tuned before it")
-        inherited = chosen_args.get(spec.inherit, {}) if spec.inherit else {}
-        best = None
-        for index, (args, distill) in enumerate(spec.candidates):
-            own_args = {**spec.fixed, **args}
-            args = {**inherited, **own_args}
-            accuracies = []
-            for s in range(seeds):
-                seed = TUNING_SEED_OFFSET + s
-                config = replace(base, method=spec.method, method_args=dict(args), distill=distill, seed=seed, **spec.config,
-                                 out_dir=str(out_dir / "tuning-runs" / f"{spec.method}-{index}-{seed}"),
-                                 checkpoint=False, progress=False).validate()
-                trainer = Trainer(config)
-                accuracies.append(finished(trainer.run())["selected"]["val_accuracy"])
-                sizes = data_sizes(trainer.splits)
-            record = {"label": spec.label, "method": spec.method, "ours": spec.ours, "candidate": index,
-                      "name": candidate_name(own_args, distill), "method_args": args, "distill": distill,
-                      "config": dict(spec.config),
-                      "val_accuracies": accuracies, "val_mean": float(np.mean(accuracies)),
-                      "val_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else float("nan")}
-            records.append(record)
-            log(f"tune {spec.label:30s} [{record['name']}]: validation accuracy {record['val_mean']:.2f}% "
-                f"({time.perf_counter() - start:.0f} s total)")
-            if best is None or record["val_mean"] > best["val_mean"]:
-                best = record
-        best["chosen"] = True
-        chosen_args[spec.label] = best["method_args"]
-        entries.append(BenchEntry(spec.label, spec.method, best["method_args"], best["distill"], spec.ours,
-                                  dict(spec.config)))
-    result = {"records": records, "seeds": [TUNING_SEED_OFFSET + s for s in range(seeds)],
+    out_dir = Path(out_dir)
+    chosen: Dict[str, Dict[str, Any]] = {}  # label -> chosen record
+    records_by_label: Dict[str, List[Dict[str, Any]]] = {}
+    sizes: Dict[str, int] = {}
+    start = time.perf_counter()
+    remaining = list(grid)
+    with sweep_into(out_dir, sweep, log) as active:
+        while remaining:
+            stage = [spec for spec in remaining if spec.inherit is None or spec.inherit in chosen]
+            if not stage:  # what is left inherits from a spec whose candidates all failed
+                for spec in remaining:
+                    log(f"tune {spec.label}: left out; it inherits from {spec.inherit!r}, which could not be tuned")
+                break
+            remaining = [spec for spec in remaining if spec not in stage]
+            runs = {spec.label: tuning_runs(spec, chosen[spec.inherit]["method_args"] if spec.inherit else {}, base,
+                                            seeds) for spec in stage}
+            records = active.run([run for spec_runs in runs.values() for run in spec_runs], "tuning runs")
+            for spec in stage:
+                records_by_label[spec.label] = candidate_records(spec, runs[spec.label], records)
+                sizes = sizes or next((records[r.id]["sizes"] for r in runs[spec.label]
+                                       if records.get(r.id, {}).get("status") == "completed"), {})
+                valid = [r for r in records_by_label[spec.label] if not np.isnan(r["val_mean"])]
+                if not valid:
+                    log(f"tune {spec.label}: every candidate failed; the method is left out of the comparison")
+                    continue
+                best = max(valid, key=lambda r: r["val_mean"])  # the first of equals, in grid order
+                best["chosen"] = True
+                chosen[spec.label] = best
+    entries = [BenchEntry(spec.label, spec.method, chosen[spec.label]["method_args"], chosen[spec.label]["distill"],
+                          spec.ours, dict(spec.config)) for spec in grid if spec.label in chosen]
+    result = {"records": [r for spec in grid for r in records_by_label.get(spec.label, [])],
+              "seeds": [TUNING_SEED_OFFSET + s for s in range(seeds)],
               "setting": {**{k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")},
                           **sizes},
               "wall_time_s": time.perf_counter() - start}
@@ -107,11 +123,33 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
     return entries, result
 
 
+def candidate_records(spec: TuneSpec, runs: Sequence[Run], records: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per candidate of ``spec`` from its runs' records: validation accuracies of the completed seeds,
+    their mean and std (NaN when none completed), and the failed runs' errors."""
+    rows = []
+    for index in range(len(spec.candidates)):
+        mine = [run for run in runs if run.meta["candidate"] == index]
+        done = [records[run.id] for run in mine if records.get(run.id, {}).get("status") == "completed"]
+        failed = [f"seed {run.config.seed}: {records.get(run.id, {}).get('error', 'missing')}" for run in mine
+                  if records.get(run.id, {}).get("status") != "completed"]
+        accuracies = [record["result"]["val_accuracy"] for record in done]
+        seeds = [run.config.seed for run in mine if records.get(run.id, {}).get("status") == "completed"]
+        rows.append({"label": spec.label, "method": spec.method, "ours": spec.ours, "candidate": index,
+                     "name": mine[0].meta["name"], "method_args": mine[0].config.method_args,
+                     "distill": mine[0].config.distill, "config": dict(spec.config), "val_accuracies": accuracies, "val_seeds": seeds,
+                     "val_mean": float(np.mean(accuracies)) if accuracies else float("nan"),
+                     "val_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else float("nan"),
+                     "run_ids": [run.id for run in mine], **({"failed": failed} if failed else {})})
+    return rows
+
+
 def tuning_table(result: Dict[str, Any]) -> str:
     lines = ["| method | candidate | validation accuracy (%) mean ± std | chosen |", "|---|---|---|---|"]
     for r in result["records"]:
         std = "" if np.isnan(r["val_std"]) else f" ± {r['val_std']:.2f}"
-        lines.append(f"| {r['label']} | {r['name']} | {r['val_mean']:.2f}{std} | {'✓' if r.get('chosen') else ''} |")
+        mean = "—" if np.isnan(r["val_mean"]) else f"{r['val_mean']:.2f}"
+        failed = f" (failed: {'; '.join(r['failed'])})" if r.get("failed") else ""
+        lines.append(f"| {r['label']} | {r['name']} | {mean}{std}{failed} | {'✓' if r.get('chosen') else ''} |")
     return "\n".join(lines)
 
 
@@ -125,9 +163,9 @@ def write_tuning(result: Dict[str, Any], out_dir: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["method", "candidate", "seed", "val_accuracy", "chosen"])
         for r in result["records"]:
-            for seed, acc in zip(result["seeds"], r["val_accuracies"]):
+            for seed, acc in zip(r.get("val_seeds", result["seeds"]), r["val_accuracies"]):
                 writer.writerow([r["label"], r["name"], seed, f"{acc:.4f}", bool(r.get("chosen"))])
-    (out_dir / "tuning.json").write_text(json.dumps(result, indent=2, default=str))
+    write_json_atomic(json.loads(json.dumps(result, default=str)), out_dir / "tuning.json")
     if matplotlib_available():
         plot_tuning(result, out_dir / "tuning.png")
 

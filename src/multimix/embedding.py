@@ -162,13 +162,14 @@ class MultiMix:
 
     def _mixed_loss(self, z: Tensor, targets: Tensor, head, lam: Tensor, logits: Optional[Tensor] = None) -> Tensor:
         """mean_k CE(g(λ_k Z), λ_k Y) for z (m, d), targets (m, c); ``logits`` = g(Z) when already computed."""
-        mixed_targets = MF.interpolate(lam, targets)  # (n, c)
         if self._is_affine(head):
             logits = head(z) if logits is None else logits
-            mixed_logits = MF.interpolate(lam, logits)  # Λ g(Z) = g(ΛZ): (n, c)
-        else:
-            mixed_logits = head(MF.interpolate(lam, z).to(z.dtype))  # g(ΛZ): (n, c)
-        return MF.soft_cross_entropy(mixed_logits, mixed_targets)
+            # Λ g(Z) = g(ΛZ); one product for logits and targets reads Λ (n·m floats) once
+            c, work = logits.shape[1], torch.promote_types(logits.dtype, targets.dtype)
+            mixed = MF.interpolate(lam, torch.cat([logits.to(work), targets.to(work)], dim=1))
+            return MF.soft_cross_entropy(mixed[:, :c], mixed[:, c:])
+        mixed_logits = head(MF.interpolate(lam, z).to(z.dtype))  # g(ΛZ): (n, c)
+        return MF.soft_cross_entropy(mixed_logits, MF.interpolate(lam, targets))
 
     def __call__(self, z: Tensor, y: Tensor, head: Callable[[Tensor], Tensor], lam: Optional[Tensor] = None) -> Tensor:
         if isinstance(z, Tensor) and z.dim() != 2:
@@ -274,20 +275,16 @@ class DenseMultiMix(MultiMix):
                                  f"got {tuple(targets.shape)}")
             targets = targets.flatten(2)  # (m, c, r)
         attention = self.attention_map(zf, targets, head)  # (m, r)
-        weights = MF.dense_interpolation_weights(lam, attention)  # (n, m, r)
-        if targets.dim() == 2:
-            mixed_targets = torch.einsum("kir,ic->krc", weights, targets)
-        else:
-            mixed_targets = torch.einsum("kir,icr->krc", weights, targets)
+        position_targets = targets if targets.dim() > 2 else targets.unsqueeze(2).expand(-1, -1, zf.shape[2])
         need_clean_logits = self.clean_weight > 0 or self._is_affine(head)
         logits = MF.apply_per_position(head, zf) if need_clean_logits else None  # (m, c, r)
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            if self._is_affine(head):
-                mixed_logits = torch.einsum("kir,icr->krc", weights, logits.float())  # (n, r, c)
-            else:
-                mixed_z = torch.einsum("kir,idr->krd", weights, zf.float()).to(z.dtype)  # (n, r, d)
-        if not self._is_affine(head):
-            mixed_logits = head(mixed_z)
+        # The weights w (n, m, r) are never built: each mix is one (n, m) × (m, c·r) product. Targets and
+        # logits are mixed apart so that the backward product covers the logits only.
+        mixed_targets = MF.dense_interpolate(lam, attention, position_targets)  # (n, r, c)
+        if self._is_affine(head):
+            mixed_logits = MF.dense_interpolate(lam, attention, logits.float())  # (n, r, c)
+        else:
+            mixed_logits = head(MF.dense_interpolate(lam, attention, zf.float()).to(z.dtype))  # (n, r, c)
         if self.position_weighting == "uniform":
             loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
         else:

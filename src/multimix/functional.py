@@ -10,8 +10,8 @@ examples, c classes, d embedding channels, r spatial positions.
 
 This file is longer than the others on purpose: it is the one public module of
 the library's tensor operations (``multimix.functional``), in sections
-(sampling, targets and losses, mixing, dense weights, CutMix, MixupE) that
-share private samplers.
+(sampling, targets and losses, mixing, dense weights, CutMix, MixupE). The
+Dirichlet samplers themselves live in :mod:`multimix.sampling`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_label_smoothing, check_positive, check_positive_int
+from .checks import check_choice, check_label_smoothing, check_positive, check_positive_int
+from .sampling import DIRICHLET_METHODS, dirichlet_rows
 
 __all__ = [
     "check_positive",
@@ -43,6 +43,7 @@ __all__ = [
     "self_attention",
     "class_activation_attention",
     "dense_interpolation_weights",
+    "dense_interpolate",
     "cutmix_box",
     "paste_box",
     "mixupe_residual_term",
@@ -104,60 +105,6 @@ def _draw_device(generator: Optional[torch.Generator], device: torch.device) -> 
     return generator.device if generator is not None else device
 
 
-def _uniforms(numel: int, generator, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(numel,) uniforms on (0, 1) (never exactly 0) with 32 random bits each.
-
-    On the CPU, torch's Mersenne twister costs ~8 ns per 64 bits here, which
-    made it the whole cost of sampling Λ. Instead one 63-bit seed is drawn from
-    ``generator`` (so results are reproducible and no other RNG is touched) and
-    numpy's SFC64 bit generator fills the words, two 32-bit uniforms per word.
-    Elsewhere torch's own generator is used.
-    """
-    if device.type != "cpu":
-        return torch.rand(numel, generator=generator, device=device, dtype=dtype).clamp_min_(2.0**-33)
-    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
-    words = np.random.SFC64(seed).random_raw((numel + 1) // 2)
-    u = torch.from_numpy(words.view(np.int32)[:numel]).to(dtype)  # uniform on [-2^31, 2^31)
-    return u.mul_(2.0**-32).add_(0.5).clamp_min_(2.0**-33)
-
-
-def _log_gamma(numel: int, alpha: float, generator, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """log of ``numel`` independent Gamma(alpha, 1) draws, finite for every alpha > 0.
-
-    Marsaglia & Tsang (2000) for Gamma(alpha + 1) with Box-Muller normals, then
-    the boost Gamma(alpha) = Gamma(alpha + 1) · U^{1/alpha} taken in log space,
-    so tiny alpha cannot underflow. The boost's U is the acceptance uniform,
-    recycled: given acceptance, u / min(1, e^{rhs}) is a fresh Uniform(0, 1)
-    independent of the accepted value, so each draw costs two uniforms.
-    Rejected candidates (a few %) are redrawn recursively.
-    """
-    d = alpha + 1.0 - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    half = (numel + 1) // 2
-    u = _uniforms(2 * half + numel, generator, device, dtype)
-    radius = u[:half].log_().mul_(-2.0).sqrt_()
-    angle = u[half : 2 * half].mul_(2.0 * math.pi)
-    x = torch.empty(2 * half, device=device, dtype=dtype)
-    torch.mul(radius, angle.cos(), out=x[:half])
-    torch.mul(radius, angle.sin_(), out=x[half:])
-    x = x[:numel]
-    # t = 1 + c x <= 0 must be rejected: clamping gives log t = log 1e-10, and
-    # with |x| <= 6.8 (the largest Box-Muller radius from 32-bit uniforms) the
-    # test below then always rejects.
-    t = x.mul(c).add_(1.0).clamp_min_(1e-10)
-    v = t.square().mul_(t)
-    log_v = t.log_().mul_(3.0)
-    rhs = x.mul_(x).mul_(0.5).add_(d).sub_(v, alpha=d).add_(log_v, alpha=d)
-    log_u = u[2 * half :].log_()
-    rejected = log_u >= rhs
-    log_u.sub_(rhs.clamp_max_(0.0))
-    out = log_v.add_(log_u, alpha=1.0 / alpha).add_(math.log(d))
-    count = int(torch.count_nonzero(rejected))
-    if count:
-        out.masked_scatter_(rejected, _log_gamma(count, alpha, generator, device, dtype))
-    return out
-
-
 def dirichlet(
     n: int,
     m: int,
@@ -167,16 +114,19 @@ def dirichlet(
     device=None,
     dtype: Optional[torch.dtype] = None,
     rows_per_draw: int = 1,
+    method: str = "auto",
 ) -> Tensor:
-    """Sample Λ: n interpolation vectors λ_k ~ Dir(α·1_m), one per row.
+    """Sample Λ: n interpolation vectors λ_k ~ Dir(α·1_m), one per row, independent.
 
-    Sampling happens in log space (a softmax of log-gamma draws), so every row
-    is finite, non-negative and sums to 1 for any ``alpha > 0`` and any ``m``,
-    including the near-one-hot rows of very small α that underflow to 0/0 with
-    a plain gamma sampler in float32. Sampling runs in float32 (float64 when
-    asked) and is cast at the end: in bfloat16/float16 the row sums are then
-    exact only to that dtype's precision, and in float32 a weight within ~6e-8
-    of 1 is rounded to 1.
+    Every row is exactly Dir(α·1_m) (see :mod:`multimix.sampling` for the
+    samplers) and finite, non-negative and summing to 1 for any ``alpha > 0``
+    and any ``m``, including the near-one-hot rows of very small α that
+    underflow to 0/0 with a plain gamma sampler in float32: weights are formed
+    in log space and floored at ≈ 1e-36 of the row's largest (no subnormal
+    numbers). Sampling runs in float32 (float64 when asked) and is cast at the
+    end: in bfloat16/float16 the row sums are then exact only to that dtype's
+    precision. Nothing is read back from an accelerator (no host–device
+    synchronisation).
 
     Args:
         n: number of interpolation vectors (rows), n ≥ 1.
@@ -194,6 +144,9 @@ def dirichlet(
             of each other (same sorted weights on different examples). The
             gamma draws, the bulk of the cost, shrink k-fold. Default 1:
             independent rows.
+        method: ``"auto"`` (numpy's bits and block-wise tensor passes on the
+            CPU, torch's gamma kernel on other devices) or ``"torch"`` (torch's
+            gamma kernel everywhere: the device-generic path). Both are exact.
 
     Returns:
         Tensor of shape (n, m).
@@ -202,6 +155,7 @@ def dirichlet(
     m = check_positive_int(m, "m")
     alpha = check_alpha(alpha)
     k = check_positive_int(rows_per_draw, "rows_per_draw")
+    method = check_choice(method, "method", DIRICHLET_METHODS)
     dtype = dtype or torch.get_default_dtype()
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
@@ -210,27 +164,12 @@ def dirichlet(
     work = torch.promote_types(dtype, torch.float32)
     k = min(k, n)
     draws = -(-n // k)
-    log_g = _log_gamma(draws * m, alpha, generator, draw_device, work).view(draws, m)
-    lam = _softmax_without_subnormals(log_g)
+    lam = dirichlet_rows(draws, m, alpha, generator=generator, device=draw_device, dtype=work, method=method)
     if k > 1:
         orders = torch.rand(k, m, generator=generator, device=draw_device).argsort(dim=1)  # k permutations of m
         # row (b, j) = vector b reordered by permutation j; index_select is several times faster than lam[:, orders]
         lam = lam.index_select(1, orders.flatten()).view(draws * k, m)[:n]
     return lam.to(device=device, dtype=dtype)
-
-
-def _softmax_without_subnormals(log_w: Tensor) -> Tensor:
-    """Row softmax that floors each weight at ~e·tiny/m of the row maximum instead of going subnormal.
-
-    Small α puts most log-weights hundreds of units below the row maximum;
-    their exponentials are subnormal, and subnormal arithmetic made the plain
-    softmax several times slower on x86 CPUs. The floor (≈ 1e-36 of the
-    largest weight in float32) is far below what the row sum can resolve.
-    """
-    m = log_w.shape[1]
-    floor = math.log(torch.finfo(log_w.dtype).tiny) + math.log(m) + 1.0
-    w = (log_w - log_w.amax(dim=1, keepdim=True)).clamp_min_(floor).exp_()
-    return w.div_(w.sum(dim=1, keepdim=True))
 
 
 def sample_beta(alpha: float, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
@@ -322,8 +261,12 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor, dim: int = -1) -> Tensor
     Returns:
         0-d tensor, computed in at least float32.
     """
-    log_p = torch.log_softmax(logits.float(), dim=dim)
-    return -(targets.to(log_p.dtype) * log_p).sum(dim=dim).mean()
+    # −Σ_c y_c log softmax(f)_c = logsumexp(f)·Σ_c y_c − Σ_c y_c f_c: torch's log_softmax over a short
+    # class dimension costs ~200 ns per row on the CPU, three times this form (the loss of n = 10⁴ mixed rows)
+    work = logits.float()
+    weights = targets.to(work.dtype)
+    per_row = torch.logsumexp(work, dim=dim) * weights.sum(dim=dim) - (weights * work).sum(dim=dim)
+    return per_row.mean()
 
 
 def interpolate(lam: Tensor, x: Tensor) -> Tensor:
@@ -411,6 +354,38 @@ def dense_interpolation_weights(lam: Tensor, attention: Tensor) -> Tensor:
     ok = den > 0
     w = num / torch.where(ok, den, torch.ones_like(den))
     return torch.where(ok, w, lam.unsqueeze(2).expand_as(w))
+
+
+def dense_interpolate(lam: Tensor, attention: Tensor, x: Tensor) -> Tensor:
+    """Σ_i w_kij x_i·j with w = :func:`dense_interpolation_weights` (lam, attention), without building w.
+
+    Per position j, Σ_i w_kij x_ij = (Σ_i λ_ki a_ij x_ij) / (Σ_i λ_ki a_ij):
+    one product (n, m) × (m, c·r), so nothing of size n·m·r is built. Where
+    the denominator vanishes (every example of tuple k has zero attention at
+    j) the weights are λ_k, as in :func:`dense_interpolation_weights`: zero
+    attention entries count as ε = tiny^¾ (≈ 2e-29 in float32), which gives
+    exactly λ_k there and changes other weights by at most ε relative to the
+    denominator (below float32 rounding unless the denominator is < 1e-21).
+    Runs in at least float32 with autocast off.
+
+    Args:
+        lam: Λ, (n, m).
+        attention: a, (m, r), non-negative.
+        x: (m, c, r) values per example, channel and position (an expanded
+            (m, c, 1) tensor for values inherited by every position).
+
+    Returns:
+        (n, r, c), dtype promote(x, float32).
+    """
+    work = torch.promote_types(x.dtype, torch.float32)
+    m, c, r = x.shape
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        lam = lam.to(device=x.device, dtype=work)
+        a = attention.to(work)
+        a = a + (a == 0).to(work) * torch.finfo(work).tiny ** 0.75  # (m, r)
+        weighted = (x.to(work) * a.unsqueeze(1)).transpose(1, 2).reshape(m, r * c)  # (m, r·c): channels last
+        den = lam @ a  # (n, r) > 0
+        return (lam @ weighted).view(-1, r, c) / den.unsqueeze(2)
 
 
 # ---------------------------------------------------------------------------

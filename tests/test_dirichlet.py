@@ -1,0 +1,216 @@
+"""The law of Λ: every row exactly Dir(α·1_m), rows independent, on both samplers (CPU and device-generic).
+
+Marginals are tested with Kolmogorov–Smirnov against Beta(α, (m−1)α), moments
+against the closed form, and each statistical test is also run on a
+deliberately wrong law (α doubled) to show that it can fail. Seeds are fixed;
+thresholds (p > 1e-4, 5 standard errors) leave a wide margin.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import multimix.functional as MF
+from multimix import sampling
+
+METHODS = ["auto", "torch"]  # "auto" on a CPU generator is the CPU sampler; "torch" the device-generic one
+
+
+def draw(n, m, alpha, method="auto", seed=0, dtype=torch.float64):
+    return MF.dirichlet(n, m, alpha, generator=torch.Generator().manual_seed(seed), dtype=dtype, method=method)
+
+
+def marginal_ks_pvalue(values: np.ndarray, a: float, b: float, lo: float, hi: float) -> float:
+    """KS p-value of ``values`` against Beta(a, b) conditioned on [lo, hi].
+
+    Tiny α puts mass below any float's range (and within an ulp of 1), where
+    values are floored or rounded; conditioning on [lo, hi] tests the law
+    exactly where the floats can represent it.
+    """
+    beta = stats.beta(a, b)
+    f_lo, f_hi = beta.cdf(lo), beta.cdf(hi)
+    kept = values[(values >= lo) & (values <= hi)]
+    assert kept.size > 2000, kept.size
+    return stats.kstest(kept, lambda x: (beta.cdf(x) - f_lo) / (f_hi - f_lo)).pvalue
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("alpha,m", [(1e-3, 16), (1 / 128, 128), (0.05, 16), (0.2, 16), (0.7, 8), (1.0, 16),
+                                     (1.5, 8), (5.0, 16)])
+def test_marginals_are_beta(method, alpha, m):
+    """λ_i ~ Beta(α, (m−1)α) for the first and the last column (float64: conditioned on [1e-280, 1 − 1e-12])."""
+    n = 12000 if m == 128 else 20000
+    lam = draw(n, m, alpha, method, seed=2).numpy()
+    b = (m - 1) * alpha
+    for column in (0, m - 1):
+        assert marginal_ks_pvalue(lam[:, column], alpha, b, 1e-280, 1 - 1e-12) > 1e-4
+    wrong = draw(n, m, 2 * alpha, method, seed=1).numpy()  # the same test must reject a different law
+    assert marginal_ks_pvalue(wrong[:, 0], alpha, b, 1e-280, 1 - 1e-12) < 1e-4
+
+
+@pytest.mark.parametrize("alpha", [1 / 128, 0.05, 1.0, 5.0])
+def test_float32_marginals_are_beta(alpha):
+    """The float32 sampler (the default) has the same law where float32 resolves it: [1e-30, 1 − 1e-5]."""
+    m, n = 128, 12000
+    lam = draw(n, m, alpha, dtype=torch.float32).double().numpy()
+    assert marginal_ks_pvalue(lam[:, 0], alpha, (m - 1) * alpha, 1e-30, 1 - 1e-5) > 1e-4
+    wrong = draw(n, m, 2 * alpha, seed=1, dtype=torch.float32).double().numpy()
+    assert marginal_ks_pvalue(wrong[:, 0], alpha, (m - 1) * alpha, 1e-30, 1 - 1e-5) < 1e-4
+
+
+def moment_z_scores(lam: np.ndarray, alpha: float) -> tuple:
+    """(z of Var λ_0, z of Cov(λ_0, λ_1)) against the closed form, in standard errors of the row means."""
+    n, m = lam.shape
+    big_a = m * alpha
+    var = alpha * (big_a - alpha) / (big_a**2 * (big_a + 1))
+    cov = -(alpha**2) / (big_a**2 * (big_a + 1))
+    centred = lam - 1.0 / m  # E λ_i = 1/m exactly, so each row gives an i.i.d. term
+    z = []
+    for terms, expected in ((centred[:, 0] ** 2, var), (centred[:, 0] * centred[:, 1], cov)):
+        z.append((terms.mean() - expected) / (terms.std() / math.sqrt(n)))
+    return tuple(z)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("alpha", [1e-3, 0.02, 0.3, 1.0, 3.0])
+def test_variance_and_covariance_match_closed_form(method, alpha):
+    """Var λ_i = α(A − α)/(A²(A + 1)), Cov(λ_i, λ_j) = −α²/(A²(A + 1)), A = mα."""
+    m, n = 8, 40000
+    z_var, z_cov = moment_z_scores(draw(n, m, alpha, method).numpy(), alpha)
+    assert abs(z_var) < 5 and abs(z_cov) < 5, (z_var, z_cov)
+    if m * alpha >= 0.1:  # below, doubling α moves the moments by less than 1% (the KS test above sees it)
+        z_wrong = moment_z_scores(draw(n, m, 2 * alpha, method, seed=1).numpy(), alpha)
+        assert max(map(abs, z_wrong)) > 5, z_wrong
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [1e-4, 1e-3, 1 / 128, 0.3, 1.0, 7.0, 1e4])
+def test_rows_finite_on_the_simplex_without_subnormals(method, dtype, alpha):
+    m = 128
+    lam = draw(300, m, alpha, method, dtype=dtype)
+    assert lam.dtype == dtype and lam.shape == (300, m)
+    assert torch.isfinite(lam).all() and (lam >= 0).all()
+    torch.testing.assert_close(lam.sum(1), torch.ones(300, dtype=dtype), atol=1e-5, rtol=0)
+    tiny = torch.finfo(dtype).tiny
+    assert ((lam == 0) | (lam >= tiny)).all(), "subnormal weights (slow x86 arithmetic downstream)"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tiny_alpha_rows_are_near_one_hot(method):
+    """m·α ≪ 1: almost all the mass sits on one example; P(max λ > t) matches torch.distributions."""
+    m, n, alpha = 128, 4000, 1e-4
+    ours = draw(n, m, alpha, method).max(1).values
+    ref = torch.distributions.Dirichlet(torch.full((m,), alpha, dtype=torch.float64)).sample((n,)).max(1).values
+    for t in (0.9, 0.999):
+        p_ours, p_ref = (ours > t).double().mean().item(), (ref > t).double().mean().item()
+        assert abs(p_ours - p_ref) < 5 * math.sqrt(p_ref * (1 - p_ref) / n) + 0.003
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("alpha", [0.01, 0.5, 2.0])
+def test_rows_are_independent(method, alpha):
+    """Rows from one call are independent: no correlation between neighbouring rows, or rows a block apart,
+    and (continuous law) no value repeated, so no rejected entry reuses a spare twice."""
+    m = 64
+    n = 3 * sampling.BLOCK_ENTRIES // m + 7  # several CPU blocks and a partial one
+    lam = draw(n, m, alpha, method).numpy()
+    block_rows = sampling.BLOCK_ENTRIES // m
+    for lag in (1, block_rows):
+        for stat in (lam[:, 0], lam.max(1)):
+            r = np.corrcoef(stat[:-lag], stat[lag:])[0, 1]
+            assert abs(r) < 5 / math.sqrt(n - lag), (lag, r)
+    if alpha >= 0.5:  # no weights at the floor, so every value is distinct
+        assert np.unique(lam).size == lam.size
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("alpha", [0.05, 1.0, 3.0])
+def test_deterministic_given_a_generator_and_no_global_rng(method, alpha):
+    state = torch.get_rng_state()
+    a = draw(500, 32, alpha, method, seed=7, dtype=torch.float32)
+    b = draw(500, 32, alpha, method, seed=7, dtype=torch.float32)
+    assert torch.equal(torch.get_rng_state(), state), "sampling with a generator touched the global RNG"
+    assert torch.equal(a, b)
+    assert not torch.equal(a, draw(500, 32, alpha, method, seed=8, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_rows(dtype):
+    lam = draw(64, 1024, 1e-3, dtype=dtype)
+    assert lam.dtype == dtype and torch.isfinite(lam).all() and (lam >= 0).all()
+    torch.testing.assert_close(lam.float().sum(1), torch.ones(64), atol=2e-2, rtol=0)
+
+
+def test_method_is_checked():
+    with pytest.raises(ValueError, match="method must be one of"):
+        MF.dirichlet(4, 4, 1.0, method="numpy")
+
+
+class SyncCounter:
+    """Counts the Tensor calls that read a value back to the host (each one synchronises on CUDA)."""
+
+    NAMES = ("item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _name=name, _original=original, **kwargs):
+                self.calls.append(_name)
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        for name in ("nonzero", "count_nonzero", "unique", "masked_select"):
+            original = getattr(torch, name)
+            monkeypatch.setattr(torch, name, lambda *a, _name=name, _original=original, **k: (
+                self.calls.append(_name), _original(*a, **k))[1])
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 0.3, 1.0, 4.0])
+@pytest.mark.parametrize("rows_per_draw", [1, 4])
+def test_device_generic_path_never_reads_back(monkeypatch, alpha, rows_per_draw):
+    """The path used off the CPU, forced on the CPU, makes no call that would synchronise a GPU."""
+    g = torch.Generator().manual_seed(0)  # the seed draw of the CPU path is the one read allowed on a CPU
+    counter = SyncCounter(monkeypatch)
+    lam = MF.dirichlet(1000, 128, alpha, generator=g, method="torch", rows_per_draw=rows_per_draw)
+    assert counter.calls == []
+    assert lam.shape == (1000, 128)
+
+
+def test_sync_counter_sees_reads(monkeypatch):
+    """The counter above can fail: it sees the reads of the previous implementation's rejection loop."""
+    counter = SyncCounter(monkeypatch)
+    x = torch.rand(100)
+    int(torch.count_nonzero(x > 0.5))
+    bool((x > 2).any())
+    x.max().item()
+    assert counter.calls == ["count_nonzero", "__int__", "__bool__", "item"]
+
+
+@pytest.mark.parametrize("alpha", [0.3, 2.0])
+def test_law_holds_when_a_blocks_spares_fall_short(monkeypatch, alpha):
+    """Without spare candidates every rejection is replaced by a later draw: still the exact law."""
+    monkeypatch.setattr(sampling, "SPARE_SIGMAS", -1e9)  # no spares at all
+    m, n = 16, 20000
+    lam = draw(n, m, alpha, seed=4).numpy()
+    torch.testing.assert_close(torch.from_numpy(lam.sum(1)), torch.ones(n, dtype=torch.float64))
+    assert marginal_ks_pvalue(lam[:, 0], alpha, (m - 1) * alpha, 1e-280, 1 - 1e-12) > 1e-4
+    assert max(map(abs, moment_z_scores(lam, alpha))) < 5
+
+
+def test_backend_without_a_gamma_kernel_falls_back_to_the_cpu_sampler(monkeypatch):
+    """Where torch has no gamma kernel (MPS), Λ is drawn by the CPU sampler from a seed of the given generator."""
+    def missing(*args, **kwargs):
+        raise NotImplementedError("aten::_standard_gamma is not implemented for this backend")
+
+    monkeypatch.setattr(torch, "_standard_gamma", missing)
+    a = draw(2000, 8, 0.4, "torch", seed=5)
+    b = draw(2000, 8, 0.4, "torch", seed=5)
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    torch.testing.assert_close(a.sum(1), torch.ones(2000, dtype=torch.float64))
+    assert abs(moment_z_scores(a.numpy(), 0.4)[0]) < 5

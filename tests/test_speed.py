@@ -1,0 +1,26 @@
+"""``multimix speed``: ERM, MultiMix at each n, Dense MultiMix and input mixup, interleaved in one run."""
+
+import pytest
+
+from multimix.experiments.speed import format_speed_table, measure_speed
+
+
+def test_measure_speed_reports_every_ratio_and_the_floors():
+    lines = []
+    rows = measure_speed(width=8, batch_size=16, ns=(10, 40), repeats=1, log=lines.append)
+    assert [r["n"] for r in rows] == [10, 40]
+    for r in rows:
+        assert r["multimix_over_erm_step"] == r["multimix_step_s"] / r["erm_step_s"] > 0
+        assert r["dense_over_erm_step"] == r["dense_multimix_step_s"] / r["erm_step_s"] > 0
+        assert r["sampler_s"] > 0 and r["write_s"] > 0 and r["mixing_s"] > 0
+    assert rows[0]["erm_step_s"] == rows[1]["erm_step_s"]  # one ERM measurement, interleaved with all
+    assert lines[0].startswith("ERM step") and "Dense MultiMix" in lines[0]
+    table = format_speed_table(rows)
+    assert table.count("\n| ") == 2 and "Dense MultiMix (defaults) step / ERM" in table
+
+
+def test_cpu_clock_and_its_check():
+    rows = measure_speed(width=8, batch_size=16, ns=(20,), repeats=1, clock="cpu", log=lambda line: None)
+    assert rows[0]["erm_step_s"] > 0 and rows[0]["sampler_s"] > 0
+    with pytest.raises(ValueError, match="clock must be"):
+        measure_speed(ns=(20,), repeats=1, clock="gpu", log=lambda line: None)

@@ -65,7 +65,7 @@ def test_self_distillation_targets_blend_teacher(tiny_model, tiny_batch):
     distill = multimix.SelfDistillation(tiny_model, temperature=3.0, weight=0.25, warmup_steps=0)
     hard = MF.as_soft_targets(y, 4)
     with torch.no_grad():
-        teacher = torch.softmax(distill.teacher(x) / 3.0, 1)
+        teacher = torch.softmax(distill.teacher.eval()(x) / 3.0, 1)
     torch.testing.assert_close(distill.targets(x, hard), 0.75 * hard + 0.25 * teacher)
     dense = distill.targets(x, hard, dense=True)
     assert dense.shape == (8, 4, 3)
@@ -348,7 +348,7 @@ def test_unlabelled_rows_take_the_teachers_prediction(tiny_model, tiny_batch):
     distill = multimix.SelfDistillation(tiny_model, temperature=0.5, weight=0.25, warmup_steps=0)
     targets = make("erm", distill=distill, num_classes=4).targets(tiny_model, x, y)
     with torch.no_grad():
-        teacher = torch.softmax(distill.teacher(x) / 0.5, 1)
+        teacher = torch.softmax(distill.teacher.eval()(x) / 0.5, 1)
     labelled = y != multimix.UNLABELLED
     torch.testing.assert_close(targets[~labelled], teacher[~labelled])
     torch.testing.assert_close(targets[labelled], 0.75 * MF.as_soft_targets(y[labelled], 4) + 0.25 * teacher[labelled])
@@ -362,7 +362,7 @@ def test_unlabelled_rows_use_the_teacher_also_during_the_warm_up(tiny_model, tin
     assert distill.current_weight == 0.0 and distill.warmup_fraction == 0.0
     targets = make("erm", distill=distill, num_classes=4).targets(tiny_model, x, y)
     with torch.no_grad():
-        teacher = torch.softmax(distill.teacher(x[:1]), 1)
+        teacher = torch.softmax(distill.teacher.eval()(x[:1]), 1)
     torch.testing.assert_close(targets[:1], teacher)
     torch.testing.assert_close(targets[1:], MF.as_soft_targets(y[1:], 4))  # labelled rows: no blend yet
 
@@ -390,7 +390,7 @@ def test_consistency_loss_is_the_mean_squared_error_to_the_teachers_targets(tiny
         model.head.weight.mul_(1.5)  # student and teacher now differ
     loss = distill.consistency(model, x)
     student = torch.softmax(model(x), 1)
-    teacher = torch.softmax(distill.teacher(x) / 0.5, 1).detach()
+    teacher = torch.softmax(distill.teacher.eval()(x) / 0.5, 1).detach()
     torch.testing.assert_close(loss, 3.0 * 0.5 * ((student - teacher) ** 2).mean())
     loss.backward()
     assert model.head.weight.grad.abs().sum() > 0

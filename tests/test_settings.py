@@ -78,7 +78,8 @@ def test_distill_defaults_are_the_signature_defaults():
     expected = {k: p.default for k, p in parameters.items() if k != "model"}
     assert SelfDistillation.DEFAULTS == expected
     assert {k: s.default for k, s in distill_settings().items()} == expected
-    assert list(distill_settings()) == ["momentum", "temperature", "weight", "warmup_steps", "consistency_weight"]
+    assert list(distill_settings()) == ["momentum", "temperature", "weight", "warmup_steps", "consistency_weight",
+                                        "separate_term"]
 
 
 def test_methods_taking():

@@ -8,6 +8,9 @@ classifier ``head`` g mapping (..., d) → (..., c)::
 
 ``encode(x, start, end)`` runs ``stages[start:end]``, so hidden layer k (0 =
 input, ``len(stages)`` = final dense features) is where manifold mixup mixes.
+``positions(features)`` gives the (m, d, r) positions that the dense methods
+mix and classify one by one: every spatial position by default; a model whose
+features hold tokens other than positions (a ViT's class token) leaves them out.
 :class:`MixableClassifier` implements it; :mod:`multimix.models.adapters`
 wraps torchvision ResNets and timm models into it.
 """
@@ -19,7 +22,7 @@ from typing import Iterator, Optional, Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["MixableClassifier", "check_mixable", "num_classes_of", "eval_mode"]
+__all__ = ["MixableClassifier", "check_mixable", "num_classes_of", "eval_mode", "dense_positions", "pools_by_mean"]
 
 
 class MixableClassifier(nn.Module):
@@ -50,9 +53,27 @@ class MixableClassifier(nn.Module):
         """Global average over the spatial dims: (m, d, *spatial) → (m, d)."""
         return features.flatten(2).mean(dim=2) if features.dim() > 2 else features
 
+    def positions(self, features: Tensor) -> Tensor:
+        """The positions of dense features (m, d, *spatial) as (m, d, r): every spatial position."""
+        return features.flatten(2)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits (m, c)."""
         return self.head(self.pool(self.encode(x)))
+
+
+def dense_positions(model, features: Tensor) -> Tensor:
+    """(m, d, r): ``model.positions(features)`` when the model defines it, else every spatial position."""
+    positions = getattr(model, "positions", None)
+    return positions(features) if callable(positions) else features.flatten(2)
+
+
+def pools_by_mean(model) -> bool:
+    """Whether ``model.pool`` is the contract's mean over every spatial position (so that, for an affine head,
+    the pooled logits are the mean of the per-position logits)."""
+    pool = getattr(type(model), "pool", None)
+    positions = getattr(type(model), "positions", MixableClassifier.positions)
+    return pool is MixableClassifier.pool and positions is MixableClassifier.positions
 
 
 def check_mixable(model, *, need_stages: bool = False) -> None:

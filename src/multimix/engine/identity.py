@@ -2,8 +2,11 @@
 
 :data:`RUN_IDENTITY` lists the settings a ``--resume`` must keep (the rest,
 e.g. epochs, device, out_dir, may change); the data's fingerprint is checked
-beside them. :func:`load_trained` reads a checkpoint's configuration, migrating
-those of older versions, and rebuilds the model with the run's weights.
+beside them. :func:`load_method_state` restores a method's state (its EMA
+teacher, its step count) from a checkpoint, also from one of multimix <= 0.1
+that kept the teacher in its own entry. :func:`load_trained` reads a
+checkpoint's configuration, migrating those of older versions, and rebuilds
+the model with the run's weights.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..data import Splits
+from ..methods import METHODS, Method, SelfDistillation
 from .build import build_data_and_model
 from .checkpoint import CheckpointError, load_checkpoint, load_into
 from .config import TrainConfig, resolve_device
 
-__all__ = ["RUN_IDENTITY", "config_differences", "check_same_run", "load_trained"]
+__all__ = ["RUN_IDENTITY", "config_differences", "check_same_run", "load_method_state", "load_trained"]
 
 
 RUN_IDENTITY = ("dataset", "num_train", "num_test", "val_size", "image_size", "augment", "model", "width", "method",
@@ -28,14 +32,19 @@ RUN_IDENTITY = ("dataset", "num_train", "num_test", "val_size", "image_size", "a
 
 
 def config_differences(saved: Dict[str, Any], config: TrainConfig) -> List[str]:
-    """``key: saved → now`` for every :data:`RUN_IDENTITY` field that differs (the mixing scope may change)."""
+    """``key: saved → now`` for every :data:`RUN_IDENTITY` field that differs (the method's settings that it
+    declares free on resume, such as the mixing scope, may change)."""
     now = config.to_dict()
+    free = METHODS[config.method].free_on_resume if config.method in METHODS else frozenset()
     out = []
     for key in RUN_IDENTITY:
         before, after = saved.get(key), now[key]
         if key == "method_args":
-            before = {k: v for k, v in (before or {}).items() if k != "mix_scope"}
-            after = {k: v for k, v in after.items() if k != "mix_scope"}
+            before = {k: v for k, v in (before or {}).items() if k not in free}
+            after = {k: v for k, v in after.items() if k not in free}
+        elif key == "distill" and before is not None and after is not None:
+            # a setting left out means its default (checkpoints from before a setting existed lack it)
+            before, after = {**SelfDistillation.DEFAULTS, **before}, {**SelfDistillation.DEFAULTS, **after}
         if key in saved and before != after:
             out.append(f"{key}: {before!r} → {after!r}")
     return out
@@ -54,6 +63,26 @@ def check_same_run(state: Dict[str, Any], config: TrainConfig, fingerprint: Opti
         raise CheckpointError(f"--resume: {path} was trained on other data (fingerprint {before} → {fingerprint}, "
                               f"dataset {config.dataset}, data_dir {config.data_dir}); resume with the run's data, or "
                               "start a new run in another --out-dir")
+
+
+def load_method_state(method: Method, state: Dict[str, Any], path: Path) -> None:
+    """Restore ``method``'s state (EMA teacher, step count) from checkpoint ``state``.
+
+    Checkpoints of multimix <= 0.1 hold the teacher as ``state["teacher"]`` = ``{"teacher": weights, "updates":
+    n}`` and no method entry: the teacher is loaded from there and the step count is the checkpoint's epoch ×
+    steps per epoch. A mismatch is a :class:`CheckpointError` naming the file.
+    """
+    if "method" in state:
+        load_into(method, state["method"], "method (EMA teacher, step count)", path)
+        return
+    teacher = state.get("teacher")
+    if (teacher is None) != (method.distill is None):
+        has = "no EMA teacher" if teacher is None else "an EMA teacher"
+        uses = "uses" if method.distill is not None else "does not use"
+        raise CheckpointError(f"checkpoint {path} has {has} but this run {uses} self-distillation")
+    if teacher is not None:
+        load_into(method.distill, teacher, "EMA teacher", path)
+    method.steps = int(state.get("epoch", 0)) * int(state.get("steps_per_epoch", 0) or 0)
 
 
 def load_trained(path, *, device="cpu", **overrides) -> Tuple[TrainConfig, Splits, torch.nn.Module]:

@@ -3,7 +3,7 @@
     run()  =  set_up()  ->  resume()  ->  for each epoch: train_epoch() -> evaluate() -> save()  ->  summary
 
 Every epoch starts from random states derived from (seed, epoch, rank), and a
-checkpoint (model, optimiser, scheduler, EMA teacher) is written atomically
+checkpoint (model, optimiser, scheduler, the method's state: its EMA teacher) is written atomically
 after every epoch, so ``resume=True`` continues to exactly the same result on
 the CPU as an uninterrupted run. The run owns torch's global RNG only inside
 :meth:`Trainer.run` (``torch.random.fork_rng``): the caller's RNG state is the
@@ -17,17 +17,14 @@ differs is gathered in :class:`Processes` and :mod:`multimix.engine.distributed`
 DistributedDataParallel, a DistributedSampler, per-rank random streams, metrics
 averaged over ranks, files written by rank 0 only.
 
-Building the run's parts is in :mod:`.build`, the resume identity in
-:mod:`.identity`, process helpers in :mod:`.processes`. The file is still
-about 460 lines because the loop, its set-up and its exits (signals, the
-folder lock, failures) are meant to be read together, top to bottom, in one
-place.
+The method owns its teacher, needs, mixing scope and per-step update (hooked to the optimiser's step): the
+trainer names none of its settings. Building is in :mod:`.build`, the resume identity and checkpoint migration in
+:mod:`.identity`, process helpers in :mod:`.processes`; the loop and its exits are read here, top to bottom.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import threading
 import time
@@ -35,21 +32,21 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import distributed as D
-from ..contract import eval_mode
-from ..methods import METHODS, UNLABELLED, Method, SelfDistillation, create_method
+from ..methods import UNLABELLED, Method, create_method
 from . import distributed as ED
-from .build import build_data_and_model, check_batch_norm, make_optimizer, make_scheduler
+from .budget import check_memory
+from .build import (batch_size_for, build_data_and_model, check_batch_norm, check_splits, compile_in_place, make_loader,
+                    make_optimizer, make_scheduler, measure_communication, method_arguments, model_name)
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_atomic, write_json_atomic
 from .config import TrainConfig, resolve_device
 from .evaluate import evaluate_sharded
 from .folder import FolderLock
-from .identity import check_same_run
+from .identity import check_same_run, load_method_state
 from .logging import MetricsLogger, ProgressBar, format_row
 from .processes import Processes, check_writable, epoch_seed, run_in_processes
-from .signals import Interrupted, StopRequest, is_worker_killed, stop_signals_blocked, worker_ignores_stop_signals
+from .signals import Interrupted, StopRequest, is_worker_killed, stop_signals_blocked
 
 __all__ = ["Trainer", "train", "NonFiniteLossError"]
 
@@ -107,43 +104,28 @@ class Trainer:
                 stale.unlink(missing_ok=True)
         if config.checkpoint:
             ED.run_on_main(self.check_fresh)  # rank 0 decides, every rank raises
+        ED.run_on_main(lambda: check_memory(config, device))  # before any data is made; rank 0 decides
         self.splits, self.model = ED.main_first(lambda: build_data_and_model(config, device))  # rank 0 fills caches first
-        self.distill = SelfDistillation(self.model, **config.distill) if config.distill else None
         self.generator = torch.Generator(device=device)
         self.unlabelled_generator = torch.Generator()
-        self.method: Method = create_method(config.method, num_classes=self.splits.num_classes,
-                                            generator=self.generator, distill=self.distill, **config.method_args)
-        if self.method.needs_positions and len(self.splits.input_shape) < 2:
-            fit = [name for name, cls in METHODS.items() if cls.needs_positions is not True]  # MixupE: its base
-            raise ValueError(f"method {config.method!r} needs inputs with positions (sequences, images); "
-                             f"{config.dataset} examples have shape {tuple(self.splits.input_shape)}. Methods for "
-                             f"such data: {', '.join(fit)}")
-        if config.unlabelled_batch and self.splits.unlabelled is None:
-            raise ValueError(f"unlabelled_batch: {config.dataset} has no unlabelled examples (data sets that do: "
-                             "planetoid)")
-        if config.select == "best_val" and self.splits.val is None:
-            raise ValueError(f"select 'best_val' needs a validation split, and {config.dataset} has none with "
-                             f"val_size {config.val_size}: set val_size > 0")
-        world = self.procs.world
-        # batch_size None: full-batch, the whole training set (this process's shard) in one step
-        self.batch_size = config.batch_size or max(1, len(self.splits.train) // world)
-        if len(self.splits.train) < self.batch_size * world:
-            across = f" × {world} processes" if self.procs.distributed else ""
-            raise ValueError(f"batch_size ({self.batch_size}{across}) is larger than the training set "
-                             f"({len(self.splits.train)})")
-        check_batch_norm(self.model, self.batch_size, config.model)
-        self.steps_per_epoch = (len(self.splits.train) // world) // self.batch_size
+        self.method: Method = create_method(config.method, **method_arguments(config, self.model,
+                                                                               self.splits.num_classes, self.generator))
+        self.method.check_data(self.splits.input_shape, dataset=config.dataset)
+        check_splits(config, self.splits)
+        self.batch_size = batch_size_for(config, self.splits, self.procs)
+        check_batch_norm(self.model, self.batch_size, model_name(config))
+        self.steps_per_epoch = (len(self.splits.train) // self.procs.world) // self.batch_size
+        self.method.check_steps(config.epochs * self.steps_per_epoch)
         self.optimizer = make_optimizer(self.model, config)
+        self.method.attach(self.optimizer, self.model)  # the teacher's update: once per optimiser step
         self.scheduler = self.make_scheduler(start_step=0)
         self.use_amp = config.amp and device.type == "cuda"
-        if self.procs.distributed and getattr(self.method, "mix_scope", "local") == "global" and self.procs.main:
-            self.communication = self.measure_communication()
+        if self.procs.distributed and self.method.global_mixing and self.procs.main:
+            self.communication = measure_communication(self.model, self.method, self.splits, self.batch_size,
+                                                       self.procs.world, device, self.use_amp)
             print(ED.format_communication(self.communication), flush=True)
         if config.compile:
-            # Compile each piece in place: methods call encode/pool/head, not only forward.
-            for stage in self.model.stages:
-                stage.compile()
-            self.model.head.compile()
+            compile_in_place(self.model)
 
     def check_fresh(self) -> None:
         if not self.config.resume and self.checkpoint_path.exists():
@@ -154,24 +136,10 @@ class Trainer:
         """The learning-rate schedule over ``epochs × steps_per_epoch`` steps, advanced to ``start_step``."""
         return make_scheduler(self.optimizer, self.config, self.config.epochs * self.steps_per_epoch, start_step)
 
-    def measure_communication(self) -> Dict[str, Any]:
-        """Bytes per step of global mixing against the gradient all-reduce, from this model's tensor sizes."""
-        model, splits = self.model, self.splits
-        with eval_mode(model), torch.no_grad(), \
-                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            features = model.encode(torch.zeros(1, *splits.input_shape, dtype=splits.input_dtype, device=self.device))
-        dense = self.method.uses_dense_features
-        return ED.mixing_communication(
-            batch_size=self.batch_size, world_size=self.procs.world, embed_dim=features.shape[1],
-            num_classes=splits.num_classes,
-            num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-            positions=math.prod(features.shape[2:]) if dense else 1, dense_targets=dense and bool(self.config.distill),
-            element_bytes=features.element_size())
-
     # ------------------------------------------------------------------ resume
 
     def resume(self) -> None:
-        """Continue from ``last.pt``: weights, optimiser, EMA teacher and the metrics history.
+        """Continue from ``last.pt``: weights, optimiser, the method's state (EMA teacher) and the metrics history.
 
         The learning-rate schedule is rebuilt for this run's ``epochs`` and advanced to the checkpoint's step,
         so a longer ``--epochs`` extends the schedule instead of restarting it. A checkpoint of another run
@@ -189,28 +157,11 @@ class Trainer:
         load_into(self.model, state["model"], "model", path)
         load_into(self.optimizer, state["optimizer"], "optimizer", path)
         self.scheduler = self.make_scheduler(start_step=state["epoch"] * self.steps_per_epoch)
-        if self.distill is not None:
-            if state.get("teacher") is None:
-                raise CheckpointError(f"checkpoint {path} has no EMA teacher but this run uses self-distillation")
-            load_into(self.distill, state["teacher"], "EMA teacher", path)
+        load_method_state(self.method, state, path)
         self.start_epoch, self.history = state["epoch"], state.get("history", [])
         self.best = state.get("best")
 
     # ------------------------------------------------------------------ one epoch
-
-    def loader(self, epoch: int) -> DataLoader:
-        """This epoch's shuffled batches: this process's shard under torchrun, the whole set otherwise."""
-        config, procs = self.config, self.procs
-        if procs.distributed:
-            sampler = DistributedSampler(self.splits.train, num_replicas=procs.world, rank=procs.rank, shuffle=True,
-                                         seed=config.seed, drop_last=True)
-            sampler.set_epoch(epoch)
-            order = dict(sampler=sampler)
-        else:
-            order = dict(shuffle=True, generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch) + 2))
-        workers = dict(num_workers=config.workers, worker_init_fn=worker_ignores_stop_signals) if config.workers else {}
-        return DataLoader(self.splits.train, batch_size=self.batch_size, drop_last=True,
-                          pin_memory=self.device.type == "cuda", **workers, **order)
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         """One pass over the training data; returns the epoch's row of metrics."""
@@ -220,7 +171,7 @@ class Trainer:
         torch.manual_seed(seed)
         self.generator.manual_seed(seed + 1)
         self.unlabelled_generator.manual_seed(seed + 3)
-        loader = self.loader(epoch)
+        loader = make_loader(self.splits, config, procs, epoch, self.batch_size, device)
         self.model.train()
         bar = ProgressBar(len(loader), config.progress and procs.main, f"epoch {epoch + 1}/{config.epochs}")
         start, loss_sum, seen = time.perf_counter(), 0.0, 0
@@ -244,7 +195,6 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
                 self.scheduler.step()
-                self.method.update(self.model)
                 self.check_stop()
                 loss_sum += logged.item() * x.shape[0]
                 seen += x.shape[0]
@@ -257,11 +207,9 @@ class Trainer:
                 "epoch_time_s": elapsed, "examples_per_s": procs.world * seen / elapsed}
 
     def with_unlabelled(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) with ``unlabelled_batch`` random unlabelled inputs appended (label ``UNLABELLED``).
-
-        Their number ramps linearly over the teacher's warm-up, as its predictions (their targets) mature.
-        """
-        count = round(self.config.unlabelled_batch * self.distill.warmup_fraction) if self.distill else 0
+        """(x, y) with ``unlabelled_batch`` random unlabelled inputs appended (label ``UNLABELLED``), as many as the
+        method asks for now (its teacher's predictions, their targets, mature over its warm-up)."""
+        count = round(self.config.unlabelled_batch * self.method.unlabelled_fraction)
         if not count:
             return x, y
         pool = self.splits.unlabelled
@@ -301,7 +249,7 @@ class Trainer:
             return
         save_atomic({
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "teacher": self.distill.state_dict() if self.distill else None,
+            "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
             "config": self.config.to_dict(), "history": self.history, "world_size": self.procs.world,
             "steps_per_epoch": self.steps_per_epoch, "best": self.best, "data_fingerprint": self.splits.fingerprint,
         }, self.checkpoint_path)
@@ -367,8 +315,10 @@ class Trainer:
             write_json_atomic(config.to_dict(), self.out / "config.json")
         self.metrics = MetricsLogger(self.out, self.writes)
         self.metrics.write(self.history, new_row=False)  # rows past the checkpoint (a kill before it) are dropped
-        # DDP synchronises gradients of work done inside its forward: wrap the whole loss computation.
-        self.step_module = ED.wrap_ddp(self.model, self.method, self.device) if procs.distributed else None
+        # DDP synchronises gradients of work done inside its forward: wrap the whole loss computation. The method
+        # goes in as a plain callable, not a submodule: each rank keeps its own teacher, as the DDP docs of
+        # MethodModule say.
+        self.step_module = ED.wrap_ddp(self.model, self.method.__call__, self.device) if procs.distributed else None
         last = config.epochs if config.stop_after_epochs is None else min(config.epochs,
                                                                           self.start_epoch + config.stop_after_epochs)
         self.status, epoch = "running", self.start_epoch

@@ -1,4 +1,4 @@
-"""Tensor argument checks shared by the evaluation modules, and their working dtype.
+"""Tensor argument checks shared by the evaluation modules, their working dtype, and ordered batches of a data set.
 
 Each check raises before any work is done (``TypeError`` for a wrong type or
 dtype, ``ValueError`` for a wrong shape or value, both naming the argument)
@@ -10,14 +10,21 @@ Notation: N examples, d embedding channels.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from ..checks import check_int
 
-__all__ = ["check_tensor", "check_labels", "check_embeddings", "check_max_points", "work_dtype"]
+__all__ = ["check_tensor", "check_labels", "check_embeddings", "check_max_points", "work_dtype", "batches"]
+
+
+def batches(dataset: Dataset, batch_size: int, device) -> Iterator[Tuple[Tensor, Tensor]]:
+    """(x, y) batches of ``dataset`` in order, moved to ``device``."""
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def check_tensor(x, name: str, shape_doc: str) -> Tensor:

@@ -1,4 +1,5 @@
-"""Training methods with one interface: ``loss = method(model, x, y)``."""
+"""Training methods with one interface: ``loss = method(model, x, y)``; ``method.terms(model, x, y)`` for the loss
+terms (see :mod:`multimix.methods.base`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from .mixupe import MixupE
 from .multimix import DenseMultiMixMethod, MultiMixMethod
 from .pairwise import CutMix, InputMixup, ManifoldMixup, PairwiseMix
 from .settings import Setting, settings_of
+from .terms import LossTerm, Objective
 
 __all__ = [
     "Method", "ERM", "UNLABELLED", "PairwiseMix", "InputMixup", "CutMix", "ManifoldMixup", "MixupE",
     "MultiMixMethod", "DenseMultiMixMethod", "SelfDistillation", "METHODS", "create_method",
-    "method_settings", "distill_settings", "methods_taking", "Setting",
+    "method_settings", "distill_settings", "methods_taking", "setting_help", "Setting", "LossTerm", "Objective",
 ]
 
 METHODS = {
@@ -38,7 +40,7 @@ def create_method(name: str, **kwargs) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
     cls = METHODS[name]
-    objects = {"num_classes", "generator", "distill"}
+    objects = {"num_classes", "generator", "distill", "criterion"}
     unknown = sorted(set(kwargs) - set(cls.settings()) - objects)
     if unknown:
         raise ValueError(f"method {name!r} does not take {', '.join(unknown)}; its settings: "
@@ -56,6 +58,18 @@ def method_settings(name: str) -> Dict[str, Setting]:
 def distill_settings() -> Dict[str, Setting]:
     """The settings of :class:`SelfDistillation` (momentum, temperature, weight, warmup_steps, consistency_weight)."""
     return settings_of(SelfDistillation)
+
+
+def setting_help(key: str) -> str:
+    """The help of setting ``key`` with the methods it applies to, one entry per meaning: a name that means
+    different things for different methods (``alpha``: Beta for the pairwise methods, Dirichlet for MultiMix) shows
+    each meaning beside its methods."""
+    meanings: Dict[str, List[str]] = {}
+    for name in METHODS:
+        setting = method_settings(name).get(key)
+        if setting is not None:
+            meanings.setdefault(setting.help.rstrip("."), []).append(name)
+    return "; ".join(f"{text} ({', '.join(names)})" for text, names in meanings.items())
 
 
 def methods_taking(key: str) -> List[str]:

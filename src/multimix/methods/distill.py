@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as MF
-from ..checks import check_number
+from ..checks import check_int, check_number
+from ..contract import dense_positions, eval_mode
 
-__all__ = ["SelfDistillation"]
+__all__ = ["SelfDistillation", "legacy_teacher_state"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -25,8 +26,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-class SelfDistillation:
+class SelfDistillation(nn.Module):
     """An EMA copy of the network predicts soft targets that are blended with hard ones.
+
+    A module: the teacher is a registered submodule, so ``state_dict()`` holds its
+    weights (under ``teacher.``) and the update count (extra state), and moving or
+    casting the module that holds it (``.to(device)``, ``.double()``, a Lightning
+    precision plugin) moves and casts the teacher with the student. The teacher
+    predicts in eval mode whatever mode the module is in.
 
     targets = (1 − ``weight``) · Y + ``weight`` · softmax(teacher logits / T),
     per example (m, c), or per position (m, c, *spatial) for dense methods, where
@@ -62,6 +69,9 @@ class SelfDistillation:
         warmup_steps: updates over which the blend (and the consistency weight) ramps up from 0.
         consistency_weight: γ >= 0 of the consistency loss on unlabelled examples; 0: they join the method's
             mixed cross-entropy instead (GraphMix uses γ = 10 on Cora with this mean over m_u · c entries).
+        separate_term: give the teacher's targets loss terms of their own (``"distill/<term>"``, weighing w, beside
+            the hard targets' terms weighing 1 − w) instead of blending them into one target; the same under
+            soft cross-entropy and any loss linear in its targets, different under others (focal, smoothing).
 
     The defaults (μ = 0.99, T = 2, weight 0.2, 200 warm-up steps) are the best
     of five candidates for MultiMix on MNIST-1D's validation split
@@ -69,7 +79,8 @@ class SelfDistillation:
     """
 
     def __init__(self, model: nn.Module, momentum: float = 0.99, temperature: float = 2.0, weight: float = 0.2,
-                 warmup_steps: int = 200, consistency_weight: float = 0.0):
+                 warmup_steps: int = 200, consistency_weight: float = 0.0, separate_term: bool = False):
+        super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
@@ -80,16 +91,20 @@ class SelfDistillation:
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
         self.consistency_weight = check_number(consistency_weight, "consistency_weight", minimum=0.0)
+        if not isinstance(separate_term, bool):
+            raise TypeError(f"separate_term must be True or False, got {type(separate_term).__name__}")
+        self.separate_term = separate_term
         self.warmup_steps = warmup_steps
         self.updates = 0
         self.momentum = float(momentum)
         self.temperature = float(temperature)
         self.weight = float(weight)
-        self.teacher = copy.deepcopy(_unwrap(model)).eval()
+        self.teacher = copy.deepcopy(_unwrap(model))  # in the student's mode; predicts in eval mode
         self.teacher.requires_grad_(False)
 
     def __repr__(self) -> str:
         consistency = f", consistency_weight={self.consistency_weight}" if self.consistency_weight else ""
+        consistency += ", separate_term=True" if self.separate_term else ""
         return (f"SelfDistillation(momentum={self.momentum}, temperature={self.temperature}, weight={self.weight}, "
                 f"warmup_steps={self.warmup_steps}{consistency})")
 
@@ -121,11 +136,17 @@ class SelfDistillation:
     @torch.no_grad()
     def predict(self, x: Tensor, *, dense: bool = False) -> Tensor:
         """Teacher's soft predictions: (m, c), or (m, c, *spatial) when ``dense``."""
+        with eval_mode(self.teacher):
+            return self._predict(x, dense=dense)
+
+    def _predict(self, x: Tensor, *, dense: bool) -> Tensor:
         teacher = self.teacher
         features = teacher.encode(x)
         if dense and features.dim() > 2:
-            logits = MF.apply_per_position(teacher.head, features.flatten(2)).view(
-                features.shape[0], -1, *features.shape[2:])
+            positions = dense_positions(teacher, features)  # (m, d, r)
+            logits = MF.apply_per_position(teacher.head, positions)
+            if positions.shape[2] == features.shape[2:].numel():
+                logits = logits.view(features.shape[0], -1, *features.shape[2:])
             return torch.softmax(logits.float() / self.temperature, dim=1)
         logits = teacher.head(teacher.pool(features))
         return torch.softmax(logits.float() / self.temperature, dim=1)
@@ -148,6 +169,24 @@ class SelfDistillation:
             return blended
         return torch.where(unlabelled.view(-1, *([1] * (soft.dim() - 1))), soft, blended)
 
+    def stacked_targets(self, x: Tensor, hard: Tensor, *, dense: bool = False,
+                        unlabelled: Optional[Tensor] = None) -> Tensor:
+        """The two parts of :meth:`targets` side by side along the classes, each with its row's weight:
+        [(1 − w_i) Y_i, w_i softmax(teacher_i / T)], (m, 2c) or (m, 2c, *spatial), w_i the blend (1 for an
+        unlabelled row). Every method mixes targets linearly, so the mixed parts stay apart (``separate_term``)."""
+        weight = self.current_weight
+        if weight == 0.0 and unlabelled is None:
+            return torch.cat([hard, torch.zeros_like(hard)], dim=1)  # no teacher yet: no forward pass
+        soft = self.predict(x, dense=dense)
+        if soft.shape[1] != hard.shape[1]:
+            raise ValueError(f"teacher predicts {soft.shape[1]} classes but the targets have {hard.shape[1]}")
+        rows = [1] * (soft.dim() - 1)
+        hard = hard.view(*hard.shape, *([1] * (soft.dim() - 2))).expand_as(soft)
+        w = torch.full((soft.shape[0], *rows), weight, device=soft.device, dtype=soft.dtype)
+        if unlabelled is not None:
+            w = torch.where(unlabelled.view(-1, *rows), torch.ones_like(w), w)
+        return torch.cat([(1.0 - w) * hard, w * soft], dim=1)
+
     def consistency(self, model: nn.Module, x: Tensor) -> Tensor:
         """γ · ramp · mean((softmax(model(x)) − teacher targets)²): a 0-d loss over unlabelled inputs x (m_u, ...).
 
@@ -160,12 +199,31 @@ class SelfDistillation:
         student = torch.softmax(model(x).float(), dim=1)
         return weight * F.mse_loss(student, self.predict(x))
 
-    def state_dict(self) -> Dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "updates": self.updates}
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"updates": self.updates}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.updates = int(state.get("updates", 0))
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping) or "updates" not in state:
+            raise ValueError("the EMA teacher's state must hold its update count ('updates')")
+        try:
+            self.updates = check_int(state["updates"], "updates", 0)
+        except TypeError as err:
+            raise ValueError(str(err)) from None
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load a state of :meth:`state_dict`, or of multimix <= 0.1 (``{"teacher": ..., "updates": n}``)."""
+        return super().load_state_dict(legacy_teacher_state(state_dict), strict=strict, assign=assign)
+
+
+def legacy_teacher_state(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A :class:`SelfDistillation` state dict from ``state``, which may be of multimix <= 0.1's format
+    ``{"teacher": teacher.state_dict(), "updates": n}`` (returned as it is otherwise)."""
+    old = isinstance(state, Mapping) and isinstance(state.get("teacher"), Mapping)
+    if old and set(state) <= {"teacher", "updates"}:
+        out = {f"teacher.{k}": v for k, v in state["teacher"].items()}
+        out["_extra_state"] = {"updates": state.get("updates", 0)}
+        return out
+    return state
 
 
 # The defaults as a mapping (what ``--distill`` uses), read from the signature so they are stated once.

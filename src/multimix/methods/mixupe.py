@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Dict, Literal, Optional, Union, get_args
+from typing import Dict, List, Literal, Optional, Sequence, Union, get_args
 
+import torch
 from torch import Tensor
 
 from .. import functional as MF
 from ..checks import check_choice
 from .base import Method
+from .distill import SelfDistillation
 from .pairwise import CutMix, InputMixup, ManifoldMixup, PairwiseMix
 from .settings import Setting, settings_of
+from .terms import LossTerm, Objective, sum_in_order
 
 __all__ = ["MixupE", "BASES"]
 
@@ -29,7 +32,10 @@ class MixupE(Method):
         L = L_mix − η (1 − E[λ']) (1/m) Σ_{i: s_i < τ} s_i,   E[λ'] = (α + 1)/(2α + 1)
 
     then L is rescaled by |L_mix| / |L| (both detached) so that its magnitude
-    matches mixup, as in the official code (``mixup.py``).
+    matches mixup, as in the official code (``mixup.py``). Its terms are the
+    base's (L_mix, under the base's criterion) and ``"mixupe"`` (the value
+    of the extra term, weight −η (1 − E[λ'])); :meth:`reduce` applies the
+    rescaling. Its teacher, generator and criterion are the base's.
 
     Args:
         base: the pairwise base method: a :class:`PairwiseMix` instance, or its name (mixup, cutmix,
@@ -60,12 +66,47 @@ class MixupE(Method):
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
         if threshold is _VERSION_DEFAULT:
             threshold = 1.0 if version == 3 else None
-        super().__init__(num_classes=base.num_classes, label_smoothing=base.label_smoothing,
-                         distill=base.distill, generator=base.generator)
-        self.base = base
+        super().__init__(num_classes=base.num_classes, label_smoothing=base.label_smoothing)
+        self.base = base  # a submodule: its teacher is saved (once) under base.distill
         self.eta = float(eta)
         self.version = version
         self.threshold = threshold
+
+    @property
+    def distill(self) -> Optional[SelfDistillation]:
+        """The base's teacher."""
+        return self.base.distill if "base" in self._modules else None
+
+    @distill.setter
+    def distill(self, distill) -> None:
+        if distill is not None:
+            raise TypeError("MixupE's teacher is its base method's: pass distill to the base")
+
+    @property
+    def objective(self) -> Objective:
+        """The base's objective (its criterion)."""
+        return self.base.objective
+
+    @objective.setter
+    def objective(self, objective) -> None:
+        pass  # set by Method.__init__ before the base is attached; MixupE uses the base's
+
+    @property
+    def generator(self) -> Optional[torch.Generator]:
+        """The base's generator (one generator)."""
+        return self.base.generator if "base" in self._modules else None
+
+    @generator.setter
+    def generator(self, generator) -> None:
+        self.base.generator = generator
+
+    def draws(self, device) -> torch.Generator:
+        return self.base.draws(device)
+
+    def update(self, model) -> None:
+        """Counts the step; the base advances its teacher (once)."""
+        self.steps += 1
+        self.base.update(model)
 
     @property
     def mixes_at(self) -> str:
@@ -79,10 +120,22 @@ class MixupE(Method):
     def __repr__(self) -> str:
         return f"MixupE(base={self.base!r}, eta={self.eta}, version={self.version}, threshold={self.threshold})"
 
-    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
-        loss_mix, targets = self.base.loss_and_targets(model, x, y)
-        term = MF.mixupe_residual_term(model(x), targets, threshold=self.threshold,
+    def terms(self, model, x: Tensor, y: Tensor) -> List[LossTerm]:
+        terms, targets = self.base.terms_and_targets(model, x, y)
+        term = MF.mixupe_residual_term(model(x), self.base.blend(targets), threshold=self.threshold,
                                        detach_residual=self.version == 4)
         mean_lam = MF.beta_mean(self.base.alpha + 1.0, self.base.alpha)
-        loss = loss_mix - self.eta * (1.0 - mean_lam) * term
-        return loss * (loss_mix.detach().abs() / loss.detach().abs())
+        return [*terms, LossTerm("mixupe", value=term, weight=-(self.eta * (1.0 - mean_lam)))]
+
+    def reduce(self, terms: Sequence[LossTerm]) -> Tensor:
+        """L_mix + the ``"mixupe"`` term, rescaled by |L_mix| / |L|; other terms (consistency) added after."""
+        values = self.objective.weighted(terms)
+        mix = [v for t, v in zip(terms, values) if t.name not in ("mixupe", "consistency")]
+        extra = [v for t, v in zip(terms, values) if t.name == "mixupe"]
+        rest = [v for t, v in zip(terms, values) if t.name == "consistency"]
+        if not mix:  # only unlabelled rows: nothing to rescale
+            return sum_in_order(rest)
+        loss_mix = sum_in_order(mix)
+        loss = sum_in_order([loss_mix, *extra])
+        loss = loss * (loss_mix.detach().abs() / loss.detach().abs())
+        return sum_in_order([loss, *rest])

@@ -1,16 +1,27 @@
-"""MultiMix and Dense MultiMix as training methods over a model."""
+"""MultiMix and Dense MultiMix as training methods over a model, returning their loss terms.
+
+The terms are those of :class:`multimix.MultiMix` and
+:class:`multimix.DenseMultiMix` (same draws, same arithmetic; tested equal):
+``"mixed"`` (the n interpolated examples, or their n·r positions), ``"clean"``
+(``clean_weight``) and, for Dense MultiMix, ``"pooled"`` (``pooled_weight``).
+"""
 
 from __future__ import annotations
 
-from typing import Dict, Literal, Tuple, get_args
+import warnings
+from typing import Any, Dict, List, Literal, Optional, Tuple, get_args
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from .. import distributed as D
+from .. import functional as MF
 from ..checks import check_choice
+from ..contract import dense_positions, pools_by_mean
 from ..embedding import DenseMultiMix, MultiMix
 from .base import Method
 from .settings import Setting, settings_of
+from .terms import LossTerm
 
 __all__ = ["MultiMixMethod", "DenseMultiMixMethod", "MIX_SCOPES"]
 
@@ -18,11 +29,30 @@ MixScope = Literal["local", "global"]
 MIX_SCOPES = get_args(MixScope)
 
 
+def is_affine(mix: MultiMix, head) -> bool:
+    """Whether ``mix`` uses the affine shortcut g(ΛZ) = Λ g(Z) with this head (its ``affine``, else nn.Linear)."""
+    return isinstance(head, nn.Linear) if mix.affine is None else bool(mix.affine)
+
+
+def mix_pooled(mix: MultiMix, z: Tensor, targets: Tensor, head, lam: Tensor, logits: Optional[Tensor] = None
+               ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """MultiMix of z (m, d) and targets (m, c) under Λ (n, m): (mixed logits Λ g(Z) or g(ΛZ) (n, c), mixed targets
+    ΛY, g(Z) or None when not computed); ``logits`` = g(Z) when already computed."""
+    mixed_targets = MF.interpolate(lam, targets)  # (n, c)
+    if is_affine(mix, head):
+        logits = head(z) if logits is None else logits
+        mixed_logits = MF.interpolate(lam, logits)  # Λ g(Z) = g(ΛZ): (n, c)
+    else:
+        mixed_logits = head(MF.interpolate(lam, z).to(z.dtype))  # g(ΛZ): (n, c)
+    return mixed_logits, mixed_targets, logits
+
+
 class MultiMixMethod(Method):
-    """MultiMix at the embedding: ``loss = MultiMix(...)(model.pool(model.encode(x)), Y, model.head)``.
+    """MultiMix at the embedding: the terms of ``MultiMix(...)(model.pool(model.encode(x)), Y, model.head)``.
 
     Keyword arguments of :class:`multimix.MultiMix` (``n``, ``alpha`` or ``concentration``,
     ``tuple_size``, ``clean_weight``, ``affine``, ``rows_per_draw``) go to it; the rest to :class:`Method`.
+    The method's ``generator`` is the one the mix draws Λ from (one generator).
 
     Args:
         mix_scope: ``"local"`` (default) mixes each process's own mini-batch; ``"global"`` the global batch.
@@ -38,6 +68,7 @@ class MultiMixMethod(Method):
 
     mixes_at = "embedding"
     mix_class = MultiMix  # the embedding-level operation this method applies
+    free_on_resume = frozenset({"mix_scope"})  # a run may resume on another number of processes
 
     @classmethod
     def settings(cls) -> Dict[str, Setting]:
@@ -47,9 +78,25 @@ class MultiMixMethod(Method):
         # Method's own settings (label_smoothing) stay with Method; the mix class takes the rest.
         mix_keys = set(settings_of(self.mix_class)) - set(Method.settings())
         mix = {k: kwargs.pop(k) for k in list(kwargs) if k in mix_keys}
+        generator = kwargs.pop("generator", None)
         super().__init__(**kwargs)
         self.mix_scope = check_choice(mix_scope, "mix_scope", MIX_SCOPES)
-        self.mix = self.mix_class(num_classes=self.num_classes, generator=self.generator, **mix)
+        self.mix = self.mix_class(num_classes=self.num_classes, generator=generator, **mix)
+
+    @property
+    def generator(self) -> Optional[torch.Generator]:
+        """The generator of Λ (held by the mix: one generator, no copy)."""
+        mix = self.__dict__.get("mix")
+        return mix.generator if mix is not None else None
+
+    @generator.setter
+    def generator(self, generator: Optional[torch.Generator]) -> None:
+        Method.generator.fset(self, generator)  # checks it
+        self.mix.generator = generator
+
+    @property
+    def global_mixing(self) -> bool:
+        return self.mix_scope == "global"
 
     def __repr__(self) -> str:
         scope = ", mix_scope='global'" if self.mix_scope == "global" else ""
@@ -62,10 +109,24 @@ class MultiMixMethod(Method):
             targets = D.all_gather_with_grad(targets) if targets.requires_grad else D.all_gather(targets)
         return z, targets
 
-    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
+    def sample_lam(self, m: int, device) -> Tensor:
+        """Λ (n, m) from the method's generator, on ``device``."""
+        self.draws(device)
+        return self.mix.sample_lam(m, device=device).to(device)
+
+    def terms(self, model, x: Tensor, y: Tensor) -> List[LossTerm]:
         targets = self.targets(model, x, y)
         z, targets = self._scoped(model.pool(model.encode(x)), targets)
-        return self.mix(z, targets, model.head)
+        if z.dim() != 2:
+            raise ValueError(f"model.pool must give embeddings (m, d), got {tuple(z.shape)}")
+        lam = self.sample_lam(z.shape[0], z.device)
+        head = model.head
+        logits = head(z) if self.mix.clean_weight > 0 or is_affine(self.mix, head) else None
+        mixed_logits, mixed_targets, logits = mix_pooled(self.mix, z, targets, head, lam, logits)
+        terms = self.terms_of("mixed", mixed_logits, mixed_targets)
+        if self.mix.clean_weight > 0:
+            terms += self.terms_of("clean", logits, targets, self.mix.clean_weight)
+        return terms
 
 
 class DenseMultiMixMethod(MultiMixMethod):
@@ -76,13 +137,75 @@ class DenseMultiMixMethod(MultiMixMethod):
     self-distillation the teacher predicts a target per position. With
     ``mix_scope="global"`` the dense features (m, d, *spatial) are gathered,
     r times more bytes than pooled embeddings.
+
+    The positions are the model's (``model.positions``: a ViT's patch tokens,
+    not its class token) and the pooled term uses the model's own pooling, so
+    that it trains the prediction the model makes. A model with a single
+    position at this input size is warned about: Dense MultiMix is then
+    MultiMix.
     """
 
     mix_class = DenseMultiMix
     uses_dense_features = True
     needs_positions = True
 
-    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
+    def terms(self, model, x: Tensor, y: Tensor) -> List[LossTerm]:
+        mix, head = self.mix, model.head
         targets = self.targets(model, x, y, dense=True)
-        z, targets = self._scoped(model.encode(x), targets)
-        return self.mix(z, targets, model.head)
+        features, targets = self._scoped(model.encode(x), targets)
+        if features.dim() < 3:
+            raise ValueError(f"Dense MultiMix needs dense features (m, d, *spatial) from model.encode, got "
+                             f"{tuple(features.shape)}; use MultiMix for pooled embeddings")
+        zf = dense_positions(model, features)  # (m, d, r)
+        m, r = zf.shape[0], zf.shape[2]
+        self.warn_single_position(r, x)
+        lam = self.sample_lam(m, zf.device)
+        if targets.dim() > 2:
+            targets = targets.flatten(2)  # (m, c, r)
+            if targets.shape[2] != r:
+                raise ValueError(f"per-position soft targets must have {r} positions, got {tuple(targets.shape)}")
+        affine = is_affine(mix, head)
+        attention = mix.attention_map(zf, self.blend(targets), head)  # (m, r)
+        position_targets = targets if targets.dim() > 2 else targets.unsqueeze(2).expand(-1, -1, r)
+        logits = MF.apply_per_position(head, zf) if mix.clean_weight > 0 or affine else None  # (m, c, r)
+        # The weights w (n, m, r) are never built: each mix is one (n, m) × (m, c·r) product.
+        mixed_targets = MF.dense_interpolate(lam, attention, position_targets)  # (n, r, c)
+        if affine:
+            mixed_logits = MF.dense_interpolate(lam, attention, logits.float())  # (n, r, c)
+        else:
+            mixed_logits = head(MF.dense_interpolate(lam, attention, zf.float()).to(zf.dtype))  # (n, r, c)
+        c = mixed_logits.shape[-1]
+        row_weights = None
+        if mix.position_weighting != "uniform":
+            # Position j of tuple k weighs its mixed attention mass Σ_i λ_ki a_ij (rows sum to 1 over j), so
+            # positions that carry little of any example's evidence count little; the mean over the n tuples.
+            row_weights = ((lam.to(attention.dtype) @ attention).detach() / lam.shape[0]).reshape(-1)
+        width = mixed_targets.shape[-1]  # c, or 2c under the teacher's separate_term
+        terms = self.terms_of("mixed", mixed_logits.reshape(-1, c), mixed_targets.reshape(-1, width),
+                              row_weights=row_weights)
+        if mix.clean_weight > 0:
+            clean_targets = targets.unsqueeze(2).expand(-1, -1, r) if targets.dim() == 2 else targets
+            terms += self.terms_of("clean", logits.transpose(1, 2).reshape(-1, c),
+                                   clean_targets.transpose(1, 2).reshape(-1, width), mix.clean_weight)
+        if mix.pooled_weight > 0:
+            pooled_targets = targets if targets.dim() == 2 else targets.mean(dim=2)
+            if pools_by_mean(model):
+                # An affine head commutes with the mean over positions: g(mean_j z_j) = mean_j g(z_j).
+                z, pooled_logits = zf.mean(dim=2), logits.mean(dim=2) if logits is not None else None
+            else:
+                z = model.pool(features)  # the model's own pooling (a ViT's class token)
+                pooled_logits = head(z) if affine else None
+            mixed_logits, mixed_targets, _ = mix_pooled(mix, z, pooled_targets, head, lam, pooled_logits)
+            terms += [term.scaled(mix.pooled_weight) for term in self.terms_of("pooled", mixed_logits, mixed_targets)]
+        return terms
+
+    def gathered_sizes(self, features: Tensor) -> Dict[str, Any]:
+        return {"positions": features.shape[2:].numel(), "dense_targets": self.distill is not None}
+
+    def warn_single_position(self, positions: int, x: Tensor) -> None:
+        """Warn once when the dense features have a single position (Dense MultiMix is then MultiMix)."""
+        if positions == 1 and not self.__dict__.get("_warned_single_position"):
+            self.__dict__["_warned_single_position"] = True
+            warnings.warn(f"Dense MultiMix: the model's dense features have a single position for inputs of shape "
+                          f"{tuple(x.shape[1:])}, so dense mixing is plain MultiMix; use larger inputs or a "
+                          "backbone that keeps a spatial map (less downsampling)", stacklevel=3)

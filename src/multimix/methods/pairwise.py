@@ -6,7 +6,7 @@ All three draw one λ ~ Beta(α, α) per batch and pair each example i with
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -14,12 +14,13 @@ from torch import Tensor
 from .. import functional as MF
 from ..contract import check_mixable
 from .base import Method
+from .terms import LossTerm
 
 __all__ = ["PairwiseMix", "InputMixup", "CutMix", "ManifoldMixup"]
 
 
 class PairwiseMix(Method):
-    """Base of the pairwise methods: loss = CE(mixed logits, λ Y + (1 − λ) Y[π]).
+    """Base of the pairwise methods: one ``"mixed"`` term, (mixed logits, λ Y + (1 − λ) Y[π]).
 
     Args:
         alpha: α of Beta(α, α).
@@ -34,17 +35,18 @@ class PairwiseMix(Method):
         """Logits (m, c) of the mixed batch and the λ that weighs the original example."""
         raise NotImplementedError
 
-    def loss_and_targets(self, model, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
-        """The mixing loss and the un-mixed soft targets (m, c) it used."""
+    def terms_and_targets(self, model, x: Tensor, y: Tensor) -> Tuple[List[LossTerm], Tensor]:
+        """The mixing terms and the un-mixed soft targets (m, c) they used."""
         targets = self.targets(model, x, y)
-        lam = float(MF.sample_beta(self.alpha, generator=self.generator))
-        perm = MF.random_permutation(x.shape[0], generator=self.generator, device=x.device)
+        generator = self.draws(x.device)
+        lam = float(MF.sample_beta(self.alpha, generator=generator))
+        perm = MF.random_permutation(x.shape[0], generator=generator, device=x.device)
         logits, lam = self.mixed_logits(model, x, lam, perm)
         mixed_targets = lam * targets + (1.0 - lam) * targets[perm]
-        return MF.soft_cross_entropy(logits, mixed_targets), targets
+        return self.terms_of("mixed", logits, mixed_targets), targets
 
-    def loss(self, model, x: Tensor, y: Tensor) -> Tensor:
-        return self.loss_and_targets(model, x, y)[0]
+    def terms(self, model, x: Tensor, y: Tensor) -> List[LossTerm]:
+        return self.terms_and_targets(model, x, y)[0]
 
 
 class InputMixup(PairwiseMix):
@@ -75,7 +77,7 @@ class CutMix(PairwiseMix):
     def mixed_logits(self, model, x, lam, perm):
         if x.dim() not in (3, 4):
             raise ValueError(f"CutMix needs inputs of shape (m, C, L) or (m, C, H, W), got {tuple(x.shape)}")
-        box, lam = MF.cutmix_box(x.shape[2:], lam, generator=self.generator)
+        box, lam = MF.cutmix_box(x.shape[2:], lam, generator=self.draws(x.device))
         return model(MF.paste_box(x, x[perm], box)), lam
 
 
@@ -85,8 +87,10 @@ class ManifoldMixup(PairwiseMix):
     Layer k in ``layers`` is drawn uniformly per batch; k = 0 mixes the input,
     k = ``model.num_stages`` the final dense features (the embedding).
 
+    The paper uses α = 2.0 on CIFAR.
+
     Args:
-        alpha: α of Beta(α, α) (the paper uses 2.0 on CIFAR).
+        alpha: α of Beta(α, α).
         layers: candidate layers (default (0, 1, 2)).
     """
 
@@ -104,7 +108,8 @@ class ManifoldMixup(PairwiseMix):
         if max(self.layers) > model.num_stages:
             raise ValueError(f"layers must lie in [0, {model.num_stages}] for this model "
                              f"({model.num_stages} stages), got {self.layers}")
-        pick = int(torch.randint(len(self.layers), (1,), generator=self.generator))
+        generator = self.draws(x.device)
+        pick = int(torch.randint(len(self.layers), (1,), generator=generator, device=generator.device))
         k = self.layers[pick]
         hidden = model.encode(x, 0, k)
         hidden = torch.lerp(hidden[perm], hidden, lam)

@@ -7,8 +7,8 @@ flags, the validation of YAML recipes and of bench entries and tuning grids
 all derive from :func:`method_settings`; nothing restates a setting.
 
 Arguments that are objects rather than settings (``num_classes``,
-``generator``, ``distill``, a MixupE ``base`` instance, a distillation
-``model``) are not settings.
+``generator``, ``distill``, ``criterion``, a MixupE ``base`` instance, a
+distillation ``model``) are not settings.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..checks import check_type, describe_type
 __all__ = ["Setting", "settings_of", "check_settings", "parse_docstring_args"]
 
 # Constructor arguments that the trainer supplies as objects: never user settings.
-NOT_SETTINGS = frozenset({"self", "num_classes", "generator", "distill", "model"})
+NOT_SETTINGS = frozenset({"self", "num_classes", "generator", "distill", "model", "criterion"})
 
 
 @dataclass(frozen=True)

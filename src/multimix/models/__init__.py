@@ -14,7 +14,7 @@ from .preact_resnet import PreActResNet, preact_resnet18, preact_resnet_small
 
 __all__ = ["CNN1D", "cnn1d", "GCN", "gcn", "MLP", "mlp", "SpeechCNN", "speech_cnn", "PreActResNet", "preact_resnet18", "preact_resnet_small",
            "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model", "check_model_name",
-           "check_input_shape"]
+           "check_input_shape", "DEFAULT_MODELS", "default_model_for"]
 
 MODELS = {
     "cnn1d": cnn1d,
@@ -31,6 +31,28 @@ def create_model(name: str, **kwargs):
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     return MODELS[name](**kwargs)
+
+
+# The model each data family trains when none is named: the papers' network per family (data-set names may carry an
+# argument after a colon, planetoid:CiteSeer).
+DEFAULT_MODELS = {
+    "mnist1d": "cnn1d",
+    "cifar10": "preact_resnet18",
+    "cifar100": "preact_resnet18",
+    "imagefolder": "preact_resnet18",
+    "adult": "mlp",
+    "fsdd": "speech_cnn",
+    "planetoid": "gcn",
+}
+
+
+def default_model_for(dataset: str) -> str:
+    """The model a data set trains by default (:data:`DEFAULT_MODELS`, by the family before any colon);
+    ``ValueError`` naming the families for an unknown one."""
+    family = dataset.split(":", 1)[0] if isinstance(dataset, str) else dataset
+    if family not in DEFAULT_MODELS:
+        raise ValueError(f"no default model for dataset {dataset!r}; families with one: {', '.join(DEFAULT_MODELS)}")
+    return DEFAULT_MODELS[family]
 
 
 # Dimensions of one example each built-in model takes (default 3: images (C, H, W); 0: a node index).

@@ -50,6 +50,12 @@ class TimmModel(MixableClassifier):
     (m, C, H, W) stay as they are; token sequences (m, L, d) of transformers
     become (m, d, L), and NHWC maps (``output_fmt == "NHWC"``) become NCHW.
     Manifold mixup can mix at layer 0 (input) or 1 (features).
+
+    Pooling is the model's own (``forward_head(pre_logits=True)``): a ViT's
+    class token, or its average over patch tokens, with its ``fc_norm``. The
+    positions that Dense MultiMix mixes and classifies one by one are the
+    patch tokens only: a ViT's class and register tokens
+    (``num_prefix_tokens``) are not positions of the image.
     """
 
     def __init__(self, model: nn.Module):
@@ -90,6 +96,13 @@ class TimmModel(MixableClassifier):
         exempt = {id(p) for name, p in timm_model.named_parameters()
                   if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)}
         return {name for name, p in self.named_parameters() if id(p) in exempt}
+
+    def positions(self, features: Tensor) -> Tensor:
+        """(m, d, r): every spatial position of a CNN map; a token model's tokens after its prefix tokens."""
+        prefix = int(getattr(self.stages[0].model, "num_prefix_tokens", 0) or 0)
+        if features.dim() == 3 and prefix:
+            return features[:, :, prefix:]
+        return features.flatten(2)
 
     def pool(self, features: Tensor) -> Tensor:
         layout = self._native_layout(features)

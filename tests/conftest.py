@@ -91,3 +91,13 @@ def image_folder(tmp_path_factory):
                 pixels = (torch.rand(16, 16, 3, generator=g) * 80 + 80 * c).byte().numpy()
                 Image.fromarray(pixels).save(folder / f"{i}.jpg")
     return root
+
+
+def load_script(path):
+    """A script of examples/ or benchmarks/ imported as a module (they are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,6 @@ The module under test is examples/lightning_mnist1d.py (what the README runs) ov
 multimix.integrations.lightning.MethodMixin.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 import torch
 
 L = pytest.importorskip("lightning")
@@ -27,10 +27,7 @@ EXAMPLE = ROOT / "examples" / "lightning_mnist1d.py"
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("lightning_mnist1d", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE)
 
 
 def trainer(**kw):

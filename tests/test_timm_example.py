@@ -1,10 +1,10 @@
 """examples/timm_train.py (timm.create_model, forward_features / forward_head(pre_logits=True) through the adapter),
 and the adapter's ViT pooling: Dense MultiMix mixes patch tokens, its pooled term is the model's own head."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 import torch
 
 import multimix
@@ -18,10 +18,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "timm_train.py"
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("timm_train", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE)
 
 
 @pytest.mark.parametrize("model,method,extra", [

@@ -30,9 +30,9 @@ from .images import cifar, image_folder, load_cifar, load_image_folder
 from .mnist1d import load_mnist1d, mnist1d
 from .ood import ShuffledPositions
 from .tabular import adult, load_adult
-from .splits import Splits, default_cache_dir
+from .splits import Splits, batches, default_cache_dir
 
-__all__ = ["Splits", "DATASETS", "load_dataset", "dataset_family", "check_dataset_name", "mnist1d", "cifar", "image_folder",
+__all__ = ["Splits", "batches", "DATASETS", "load_dataset", "dataset_family", "check_dataset_name", "mnist1d", "cifar", "image_folder",
            "adult", "fsdd", "planetoid", "default_cache_dir",
            "ShuffledPositions"]
 

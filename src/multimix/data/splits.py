@@ -30,7 +30,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..checks import check_positive_int
 
-__all__ = ["Splits", "default_cache_dir", "take", "MAX_MAGNITUDE", "MAX_FILE_BYTES", "FINGERPRINT_CHARS",
+__all__ = ["Splits", "default_cache_dir", "take", "batches", "MAX_MAGNITUDE", "MAX_FILE_BYTES", "FINGERPRINT_CHARS",
            "check_values", "read_file", "fingerprint", "file_entry", "array_entry"]
 
 MAX_MAGNITUDE = 1e6  # largest |value| accepted on a unit scale (see the module docstring)
@@ -155,3 +155,11 @@ def fingerprint(kind: str, entries: Iterable[Sequence[Any]]) -> str:
     for entry in entries:
         digest.update(json.dumps(list(entry)).encode() + b"\n")
     return digest.hexdigest()[:FINGERPRINT_CHARS]
+
+
+def batches(dataset: Dataset, batch_size: int, device, num_workers: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches of ``dataset`` in order, moved to ``device`` (evaluation's and the trainer's reading order)."""
+    from torch.utils.data import DataLoader
+
+    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -6,22 +6,18 @@ geometry) lives in :mod:`multimix.evaluation`, which builds on this module.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Tuple
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from .. import distributed as D
 from ..contract import eval_mode
 
-__all__ = ["batches", "evaluate", "evaluate_sharded"]
+from ..data import batches
 
-
-def batches(dataset: Dataset, batch_size: int, device, num_workers: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches of ``dataset`` in order, moved to ``device``."""
-    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+__all__ = ["evaluate", "evaluate_sharded"]
 
 
 @torch.no_grad()

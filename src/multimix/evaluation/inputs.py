@@ -10,21 +10,14 @@ Notation: N examples, d embedding channels.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
 from ..checks import check_int
 
-__all__ = ["check_tensor", "check_labels", "check_embeddings", "check_max_points", "work_dtype", "batches"]
-
-
-def batches(dataset: Dataset, batch_size: int, device) -> Iterator[Tuple[Tensor, Tensor]]:
-    """(x, y) batches of ``dataset`` in order, moved to ``device``."""
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+__all__ = ["check_tensor", "check_labels", "check_embeddings", "check_max_points", "work_dtype"]
 
 
 def check_tensor(x, name: str, shape_doc: str) -> Tensor:

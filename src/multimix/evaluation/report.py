@@ -21,7 +21,7 @@ from ..contract import eval_mode
 from . import attacks
 from .calibration import expected_calibration_error
 from .geometry import alignment, class_distance_ratio, uniformity
-from .inputs import batches
+from ..data import batches
 from .ood import auroc, energy_score, fpr_at_tpr, msp_score
 
 __all__ = ["predict", "default_epsilon", "robustness", "ood_detection", "embedding_metrics", "inapplicable", "report"]

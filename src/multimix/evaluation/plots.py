@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
@@ -212,6 +213,7 @@ def plot_embeddings(
             ax.legend(title="class", fontsize="x-small", title_fontsize="x-small", markerscale=2, loc="best")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(title if title is not None else f"Embeddings ({'PCA' if method == 'pca' else 't-SNE'})")
+    title = title if title is not None else f"Embeddings ({'PCA' if method == 'pca' else 't-SNE'})"
+    fig.suptitle(textwrap.fill(title, 40 * ncols))  # about 40 characters fit over a 4-inch panel
     fig.tight_layout()
     return _save(fig, path)

@@ -176,7 +176,7 @@ def test_sigkill_of_the_sweep_ends_its_workers_and_a_rerun_completes(tmp_path, c
 
 def test_a_worker_killed_mid_run_is_retried_and_the_sweep_completes(tmp_path):
     out = tmp_path / "b"
-    command = bench_command(out, "--jobs", "2", "--epochs", "6", "--num-train", "512")
+    command = bench_command(out, "--jobs", "2", "--epochs", "30", "--num-train", "512")
     proc = subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, killed = time.monotonic() + 120, None
     while killed is None and time.monotonic() < deadline and proc.poll() is None:

@@ -302,3 +302,33 @@ def test_dense_pooled_weight_adds_multimix_on_pooled_embeddings(head_kind):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="pooled_weight"):
         multimix.DenseMultiMix(pooled_weight=-1.0)
+
+
+@pytest.mark.parametrize("cls,shape", [(multimix.MultiMix, (6, 5)), (multimix.DenseMultiMix, (6, 5, 3))])
+def test_multi_hot_label_rows_are_refused_in_one_line(cls, shape):
+    """The loss is soft cross-entropy: soft rows that sum to 2 (multi-hot) are not probabilities, as in the methods."""
+    z, head = torch.randn(*shape), nn.Linear(5, 4)
+    multi_hot = nn.functional.one_hot(torch.tensor([1, 2, 3, 1, 2, 3]), 4).float()
+    multi_hot[:, 0] = 1.0  # every row also has class 0: rows sum to 2
+    with pytest.raises(ValueError, match=r"summing to 2\. .*bce_with_logits") as refused:
+        cls(n=7)(z, multi_hot, head)
+    assert "\n" not in str(refused.value)
+    negative = torch.full((6, 4), 0.5)
+    negative[:, 0] = -0.5  # sums to 1, but not probabilities
+    with pytest.raises(ValueError, match="got an entry of -0.5"):
+        cls(n=7)(z, negative, head)
+    probabilities = torch.softmax(torch.randn(6, 4), 1)
+    assert torch.isfinite(cls(n=7)(z, probabilities, head))
+
+
+def test_one_row_validator_for_methods_and_embedding_mixes():
+    """methods.Method.check_label_rows is functional.check_label_rows with the criterion hint (no second copy)."""
+    rows = torch.tensor([[1.0, 1.0], [0.5, 0.5]])
+    with pytest.raises(ValueError, match="summing to 2") as direct:
+        MF.check_label_rows(rows)
+    with pytest.raises(ValueError, match="summing to 2") as method:
+        multimix.methods.Method.check_label_rows(rows)
+    assert str(method.value).startswith(str(direct.value))
+    with pytest.raises(ValueError, match="summing to nan"):
+        MF.check_label_rows(torch.tensor([[float("nan"), 0.0]]))
+    MF.check_label_rows(torch.tensor([[0.25, 0.75], [1.0, 0.0]]))

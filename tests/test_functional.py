@@ -261,3 +261,20 @@ def test_dirichlet_rows_per_draw_shares_sorted_weights_within_a_block_only():
     assert not torch.allclose(ordered[0], ordered[4])  # the next block is a fresh draw
     with pytest.raises(ValueError, match="rows_per_draw"):
         MF.dirichlet(4, 4, 1.0, rows_per_draw=0)
+
+
+def test_soft_cross_entropy_per_row_and_its_mean_are_one_formula():
+    """reduction="none" gives the per-row losses (what multimix.losses.soft_cross_entropy returns); their mean is
+    the default reduction bit for bit, along any class dimension."""
+    from multimix import losses
+
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(6, 5, 3, generator=g) * 3, torch.softmax(torch.randn(6, 5, 3, generator=g), 1)
+    per_row = MF.soft_cross_entropy(logits, targets, dim=1, reduction="none")
+    assert per_row.shape == (6, 3)
+    assert torch.equal(per_row.mean(), MF.soft_cross_entropy(logits, targets, dim=1))
+    torch.testing.assert_close(per_row, -(targets * torch.log_softmax(logits, 1)).sum(1))
+    flat = logits.transpose(1, 2).reshape(-1, 5), targets.transpose(1, 2).reshape(-1, 5)
+    assert torch.equal(losses.soft_cross_entropy(*flat), MF.soft_cross_entropy(*flat, reduction="none"))
+    with pytest.raises(ValueError, match="reduction"):
+        MF.soft_cross_entropy(logits, targets, reduction="sum")

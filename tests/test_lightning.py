@@ -36,9 +36,9 @@ def trainer(**kw):
     return L.Trainer(**{**base, **kw})
 
 
-def loader(num_train=256, batch_size=64):
+def loader(num_train=256, batch_size=64, shuffle=True):
     splits = load_dataset("mnist1d", num_train=num_train, num_test=64)
-    return DataLoader(splits.train, batch_size=batch_size, shuffle=True, drop_last=True)
+    return DataLoader(splits.train, batch_size=batch_size, shuffle=shuffle, drop_last=True)
 
 
 def test_mnist1d_run_learns_and_the_teacher_follows_the_optimiser(example):
@@ -82,6 +82,42 @@ def test_resume_from_a_lightning_checkpoint_continues_the_same_teacher(example, 
     assert loaded.method.distill.updates == 4
     for name, value in saved.items():
         assert torch.equal(loaded.method.distill.teacher.state_dict()[name], value), name
+
+
+def test_a_resumed_fit_ends_bit_identical_to_an_uninterrupted_one(example, tmp_path):
+    """4 steps in one fit against 2 steps, a checkpoint, and 2 more steps resumed from it in a fresh module: the same
+    Λ stream (the method's generator is in the checkpoint), so the same final parameters, teacher included."""
+    data = loader(num_train=128, batch_size=64, shuffle=False)  # 2 steps per epoch, the same order every epoch
+    L.seed_everything(0, verbose=False)
+    straight = example.LitMultiMix(n=32, width=8, warmup_steps=2)
+    trainer(max_epochs=2).fit(straight, data)
+
+    L.seed_everything(0, verbose=False)
+    first = example.LitMultiMix(n=32, width=8, warmup_steps=2)
+    fit = trainer(max_epochs=1)
+    fit.fit(first, data)
+    path = tmp_path / "step2.ckpt"
+    fit.save_checkpoint(path)
+    L.seed_everything(0, verbose=False)  # a new process, started the same way
+    resumed = example.LitMultiMix(n=32, width=8, warmup_steps=2)
+    trainer(max_epochs=2).fit(resumed, data, ckpt_path=path)
+
+    assert straight.method.steps == resumed.method.steps == 4
+    want, got = straight.state_dict(), resumed.state_dict()
+    assert want.keys() == got.keys()
+    for name, value in want.items():  # weights, buffers, and the method's extra state (its step count)
+        assert (torch.equal(got[name], value) if isinstance(value, torch.Tensor) else got[name] == value), name
+    assert torch.equal(straight.method.generator.get_state(), resumed.method.generator.get_state())
+
+
+def test_a_checkpoint_with_a_malformed_generator_entry_is_refused_in_one_line(example):
+    from multimix.integrations.lightning import GENERATORS_KEY
+
+    lit = example.LitMultiMix(n=32, width=8)
+    with pytest.raises(ValueError, match=f"checkpoint entry '{GENERATORS_KEY}' must be a list of generator states"):
+        lit.on_load_checkpoint({GENERATORS_KEY: "not states"})
+    with pytest.warns(UserWarning, match="stream of 2 process"):
+        lit.on_load_checkpoint({GENERATORS_KEY: [None, None]})
 
 
 @pytest.mark.parametrize("precision,dtype", [("bf16-true", torch.bfloat16), ("64-true", torch.float64)])

@@ -83,7 +83,7 @@ def test_distill_defaults_are_the_signature_defaults():
 
 
 def test_methods_taking():
-    assert methods_taking("n") == ["multimix", "dense_multimix"]
+    assert methods_taking("n") == ["multimix", "dense_multimix", "graphmix"]
     assert methods_taking("label_smoothing") == list(METHODS)
     assert methods_taking("no_such_setting") == []
 
@@ -132,7 +132,7 @@ def test_check_settings_messages():
     assert check_settings(None, settings, "here") == {}
     with pytest.raises(ValueError) as err:
         check_settings({"n": 5}, settings, "entry 3", owner_of=methods_taking)
-    assert str(err.value) == ("entry 3 has unknown key 'n' (n belongs to multimix, dense_multimix); "
+    assert str(err.value) == ("entry 3 has unknown key 'n' (n belongs to multimix, dense_multimix, graphmix); "
                               "valid keys: alpha, label_smoothing")
     with pytest.raises(ValueError, match="unknown key 'n'; valid keys: alpha"):
         check_settings({"n": 5}, settings, "entry 3")  # no owner lookup: no hint

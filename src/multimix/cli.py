@@ -237,7 +237,9 @@ def bench_command(args) -> int:
                              f"{args.first_seed + args.seeds - 1}")
         base = DEFAULT_CONFIG
         if args.config:
-            recipe = {k: v for k, v in load_recipe(args.config).items() if k not in ("method", "method_args", "distill")}
+            # The method and what goes with it (a teacher, unlabelled examples) are each entry's own choice.
+            entry_keys = ("method", "method_args", "distill", "unlabelled_batch")
+            recipe = {k: v for k, v in load_recipe(args.config).items() if k not in entry_keys}
             base = TrainConfig(**{**recipe, "progress": False, "checkpoint": False})
         overrides = {k: v for k, v in (("epochs", args.epochs), ("num_train", args.num_train),
                                        ("num_test", args.num_test), ("val_size", args.val_size),

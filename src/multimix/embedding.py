@@ -21,6 +21,8 @@ Attention = Literal["uniform", "self", "cam"]
 PositionWeighting = Literal["uniform", "attention"]
 ATTENTIONS = get_args(Attention)
 POSITION_WEIGHTINGS = get_args(PositionWeighting)
+MULTI_LABEL_HINT = ("This loss is soft cross-entropy; for multi-hot (multi-label) rows use the method, "
+                    "multimix.create_method('multimix', criterion=multimix.losses.bce_with_logits)")
 
 
 def _num_classes_of(head) -> Optional[int]:
@@ -149,6 +151,8 @@ class MultiMix:
         m = z.shape[0]
         num_classes = self.num_classes or _num_classes_of(head)
         targets = MF.as_soft_targets(y, num_classes, batch_size=m, label_smoothing=self.label_smoothing)
+        if y.is_floating_point():  # the loss is soft cross-entropy: rows must be probabilities
+            MF.check_label_rows(targets, hint=MULTI_LABEL_HINT)
         if lam is None:
             lam = self.sample_lam(m, device=z.device)
         else:

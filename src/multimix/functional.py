@@ -35,6 +35,7 @@ __all__ = [
     "random_permutation",
     "random_subset_mask",
     "as_soft_targets",
+    "check_label_rows",
     "soft_cross_entropy",
     "interpolate",
     "flatten_positions",
@@ -49,6 +50,9 @@ __all__ = [
     "mixupe_residual_term",
     "beta_mean",
 ]
+
+REDUCTIONS = ("mean", "none")  # of soft_cross_entropy
+ROW_SUM_ATOL = 1e-3  # soft label rows must sum to 1 within this (float32 and one-hot rounding)
 
 # ---------------------------------------------------------------------------
 # argument checks (raise before any work is done)
@@ -251,22 +255,43 @@ def as_soft_targets(
     return targets
 
 
-def soft_cross_entropy(logits: Tensor, targets: Tensor, dim: int = -1) -> Tensor:
-    """Mean over all non-class entries of −Σ_c targets·log_softmax(logits).
+def check_label_rows(targets: Tensor, hint: str = "") -> None:
+    """``ValueError`` unless soft label rows (m, c, ...) are probabilities: non-negative and summing to 1 over the
+    classes (dim 1) within :data:`ROW_SUM_ATOL`. Multi-hot (multi-label) rows, which sum to more, are refused;
+    ``hint`` (a sentence) says where they are accepted."""
+    sums = targets.detach().float().sum(dim=1)
+    bad = ~((sums - 1.0).abs() <= ROW_SUM_ATOL)  # NaN rows too
+    negative = bool((targets < 0).any())
+    if bool(bad.any()) or negative:
+        found = f"a row summing to {float(sums[bad][0]):.4g}" if bool(bad.any()) else \
+            f"an entry of {float(targets.min()):.4g}"
+        raise ValueError("soft label rows y must be probabilities (non-negative, summing to 1 over the c classes); "
+                         f"got {found}." + (f" {hint}" if hint else ""))
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor, dim: int = -1, reduction: str = "mean") -> Tensor:
+    """−Σ_c targets·log_softmax(logits) over the class dimension ``dim``: its mean over all other entries, or
+    (``reduction="none"``) the loss of each.
+
+    The one form of soft cross-entropy in the library (:func:`multimix.losses.soft_cross_entropy`, the methods'
+    default criterion, is its ``reduction="none"``), so the two agree bit for bit.
 
     Args:
         logits: (..., c) along ``dim``.
         targets: same shape, rows on the simplex.
+        dim: the class dimension.
+        reduction: ``"mean"`` (0-d) or ``"none"`` (the shape of ``logits`` without ``dim``).
 
     Returns:
-        0-d tensor, computed in at least float32.
+        the loss, computed in at least float32.
     """
+    check_choice(reduction, "reduction", REDUCTIONS)
     # −Σ_c y_c log softmax(f)_c = logsumexp(f)·Σ_c y_c − Σ_c y_c f_c: torch's log_softmax over a short
     # class dimension costs ~200 ns per row on the CPU, three times this form (the loss of n = 10⁴ mixed rows)
     work = logits.float()
     weights = targets.to(work.dtype)
     per_row = torch.logsumexp(work, dim=dim) * weights.sum(dim=dim) - (weights * work).sum(dim=dim)
-    return per_row.mean()
+    return per_row.mean() if reduction == "mean" else per_row
 
 
 def interpolate(lam: Tensor, x: Tensor) -> Tensor:

@@ -13,15 +13,17 @@ Pure tensor functions; no state.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import functional as MF
 from .checks import check_label_smoothing
 
-__all__ = ["soft_cross_entropy", "bce_with_logits", "LabelSmoothing", "Criterion"]
+__all__ = ["soft_cross_entropy", "bce_with_logits", "softmax_bce", "LabelSmoothing", "Criterion"]
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
 
@@ -29,12 +31,10 @@ Criterion = Callable[[Tensor, Tensor], Tensor]
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """−Σ_c targets · log_softmax(logits) per row: (k, c), (k, c) → (k,), in at least float32.
 
-    The default criterion; its mean over rows is :func:`multimix.functional.soft_cross_entropy` bit for bit
-    (the same form: logsumexp(f)·Σ_c y_c − Σ_c y_c f_c, cheaper than log_softmax over a short class dimension).
+    The default criterion: :func:`multimix.functional.soft_cross_entropy` with ``reduction="none"`` (the one
+    formula), so its mean over rows is that function's default bit for bit.
     """
-    work = logits.float()
-    weights = targets.to(work.dtype)
-    return torch.logsumexp(work, dim=-1) * weights.sum(dim=-1) - (weights * work).sum(dim=-1)
+    return MF.soft_cross_entropy(logits, targets, reduction="none")
 
 
 def bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
@@ -48,6 +48,21 @@ def bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 bce_with_logits.multi_label = True  # label rows need not sum to 1 (Method.targets reads this)
+
+
+def softmax_bce(logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy of the softmax probabilities p = softmax(logits) against soft targets t, the mean over
+    the c classes of each row: −mean_c [t log p + (1 − t) log(1 − p)], (k, c), (k, c) → (k,), in float32.
+
+    GraphMix's loss on mixed nodes (its official code: ``BCELoss()(softmax(logits), mixed_targets)``, whose
+    mean over rows this is; like ``BCELoss`` it bounds each log below, here at log of float32's smallest normal).
+    """
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    tiny = torch.finfo(log_p.dtype).tiny
+    # log(1 − p) = log(−expm1(log p)): exact for small p; the clamp keeps p = 1 finite with a zero gradient.
+    log_not_p = torch.log((-torch.expm1(log_p)).clamp_min(tiny))
+    weights = targets.to(log_p.dtype)
+    return -(weights * log_p.clamp_min(math.log(tiny)) + (1.0 - weights) * log_not_p).mean(-1)
 
 
 class LabelSmoothing:

@@ -149,11 +149,12 @@ class _CpuDirichlet:
         np_dtype = np.float64 if self.wide else np.float32
         self.log_space = alpha < 1.0
         # acceptance rates size the spare candidates only; Marsaglia–Tsang's, fitted (slightly low) on α ∈ [1, 50]
-        self.acceptance = 1.0 - 0.034 / (alpha - 1.0 / 3.0) ** 1.05
         if alpha < 1.0:
             self.acceptance = math.exp(math.lgamma(1.0 + alpha) + alpha - (1.0 + alpha) * math.log1p(alpha))
         elif alpha == 1.0:
             self.acceptance = 1.0
+        else:
+            self.acceptance = 1.0 - 0.034 / (alpha - 1.0 / 3.0) ** 1.05
         most = self.block + self._spare_count(self.block)
         work = _scratch("work", np_dtype, 4 * most + 2)
         self.scratch = torch.from_numpy(work[:2 * most + 2]), torch.from_numpy(work[2 * most + 2:3 * most + 2])

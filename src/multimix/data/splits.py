@@ -159,7 +159,12 @@ def fingerprint(kind: str, entries: Iterable[Sequence[Any]]) -> str:
 
 def batches(dataset: Dataset, batch_size: int, device, num_workers: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches of ``dataset`` in order, moved to ``device`` (evaluation's and the trainer's reading order)."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, TensorDataset
 
-    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:  # slices: no per-example fetch and collate
+        loader = (tuple(t[start:start + batch_size] for t in dataset.tensors)
+                  for start in range(0, len(dataset), batch_size))
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

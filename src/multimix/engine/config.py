@@ -23,7 +23,7 @@ from ..checks import brief, check_type
 from ..data import DATASETS, check_dataset_name
 from ..methods import METHODS, SelfDistillation, create_method, distill_settings, method_settings, methods_taking
 from ..methods.settings import check_settings
-from ..models import check_model_name
+from ..models import DEFAULT_MODELS, check_model_name, default_model_for
 
 __all__ = ["TrainConfig", "resolve_device", "SCHEDULES", "CONFIG_DIR", "bundled_configs", "load_recipe"]
 
@@ -66,9 +66,10 @@ class TrainConfig:
     image_size: int = _field(32, "data", "side of the (square) input images")
     augment: bool = _field(True, "data", "random crop and flip for image training data")
     # model and method
-    model: str = _field("cnn1d", "model and method",
-                        "cnn1d, preact_resnet18, preact_resnet_small, mlp, speech_cnn, gcn (graphs), "
-                        "resnet18..resnet152, timm:<name>")
+    model: Optional[str] = _field(None, "model and method",
+                                  "cnn1d, preact_resnet18, preact_resnet_small, mlp, speech_cnn, gcn (graphs), "
+                                  "resnet18..resnet152, timm:<name>; default (none given): the data family's, "
+                                  + ", ".join(f"{model} for {family}" for family, model in DEFAULT_MODELS.items()))
     width: Optional[int] = _field(None, "model and method", "channels of cnn1d / first-group width of PreActResNets / width "
                                                          "of mlp and speech_cnn / hidden units of gcn")
     method: str = _field("erm", "model and method", f"one of {', '.join(METHODS)}")
@@ -127,7 +128,13 @@ class TrainConfig:
         return cls(**data).validate(source)
 
     def validate(self, source: str = "") -> "TrainConfig":
-        """Check every field's type and value, and the method's and distillation's settings; returns self."""
+        """Check every field's type and value, and the method's and distillation's settings; returns self.
+
+        The one place a config is resolved: an unset ``model`` becomes the data family's default
+        (:func:`multimix.models.default_model_for`), so that ``to_dict()``, checkpoints, summaries and sweep ids
+        hold the model's name. Afterwards :attr:`validated` is True until a field changes, and the code below the
+        boundary trusts the config (:meth:`ensure_validated`).
+        """
         prefix = f"{source}: " if source else ""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
@@ -141,6 +148,8 @@ class TrainConfig:
             raise ValueError(f"{prefix}{err}") from None
         if self.method not in METHODS:
             raise ValueError(f"{prefix}unknown method {brief(self.method)}; valid methods: {', '.join(METHODS)}")
+        if self.model is None:
+            self.model = default_model_for(self.dataset)
         check_model_name(self.model)
         resolve_device(self.device)
         if self.schedule not in SCHEDULES:
@@ -178,10 +187,22 @@ class TrainConfig:
         if self.distill is not None:
             check_settings(self.distill, distill_settings(), f"{prefix}distill")
         self.check_setting_values(prefix)
-        if self.unlabelled_batch and self.distill is None:
+        if self.unlabelled_batch and self.distill is None and not METHODS[self.method].predicts_unlabelled:
             raise ValueError(f"{prefix}unlabelled_batch ({self.unlabelled_batch}) needs distill: the targets of "
                              "unlabelled examples are the teacher's predictions (--distill)")
+        self.__dict__["_validated_as"] = self.to_dict()  # what validated compares against
         return self
+
+    @property
+    def validated(self) -> bool:
+        """Whether :meth:`validate` passed on exactly the current values (False for a config changed since, or
+        for a copy made with ``dataclasses.replace``)."""
+        return self.__dict__.get("_validated_as") == self.to_dict()
+
+    def ensure_validated(self) -> "TrainConfig":
+        """self, after :meth:`validate` unless it is :attr:`validated` already: what the code below the command
+        line calls, so that a run's config is validated once, and a library user's unchecked one still is."""
+        return self if self.validated else self.validate()
 
     def check_setting_values(self, prefix: str = "") -> None:
         """The method's and the teacher's own checks of their values (alpha > 0, n >= 1, momentum in [0, 1) ...):

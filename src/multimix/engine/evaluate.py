@@ -34,18 +34,18 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 512,
     return {"accuracy": 100.0 * correct / count, "loss": loss / count}
 
 
-def evaluate_sharded(model: torch.nn.Module, dataset: Dataset, device) -> Dict[str, float]:
+def evaluate_sharded(model: torch.nn.Module, dataset: Dataset, device, batch_size: int = 512) -> Dict[str, float]:
     """:func:`evaluate` over all torchrun processes: each takes every W-th example, and the sums are all-reduced.
 
     The counts are exact (no padding), so the result equals one process evaluating the whole set.
     """
     world, rank = D.world_size(), D.rank()
     if world == 1:
-        return evaluate(model, dataset, device=device)
+        return evaluate(model, dataset, batch_size=batch_size, device=device)
     shard = Subset(dataset, range(rank, len(dataset), world))
     correct = loss_sum = 0.0
     if len(shard):
-        result = evaluate(model, shard, device=device)
+        result = evaluate(model, shard, batch_size=batch_size, device=device)
         correct, loss_sum = round(result["accuracy"] * len(shard) / 100.0), result["loss"] * len(shard)
     totals = D.sum_across_ranks(torch.tensor([correct, loss_sum, float(len(shard))], dtype=torch.float64,
                                              device=D.comm_device()))

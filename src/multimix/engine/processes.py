@@ -56,8 +56,9 @@ class Processes:
 
 
 def run_in_processes(config: TrainConfig, fn):
-    """``fn(device)`` inside the torchrun process group (joined here, left on the way out, also on errors)."""
-    config.validate()
+    """``fn(device)`` inside the torchrun process group (joined here, left on the way out, also on errors);
+    ``config`` is validated here unless it already is (:meth:`TrainConfig.ensure_validated`)."""
+    config.ensure_validated()
     device = resolve_device(config.device)
     owns_group = D.init_from_env(backend="nccl" if device.type == "cuda" else "gloo", timeout_s=config.dist_timeout)
     try:

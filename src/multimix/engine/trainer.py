@@ -68,7 +68,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, device: Optional[torch.device] = None):
-        self.config = config.validate()
+        self.config = config.ensure_validated()  # a config from the command line is trusted as validated
         self.device = device if device is not None else resolve_device(config.device)
         self.out = Path(config.out_dir)
         self.checkpoint_path = self.out / "last.pt"
@@ -222,9 +222,11 @@ class Trainer:
         if epoch % self.config.eval_every and epoch != self.config.epochs:
             return
         D.broadcast_buffers(self.model)  # every rank evaluates rank 0's weights (batch-norm statistics differ)
-        if self.splits.val is not None:
-            row.update({f"val_{k}": v for k, v in evaluate_sharded(self.model, self.splits.val, self.device).items()})
-        row.update({f"test_{k}": v for k, v in evaluate_sharded(self.model, self.splits.test, self.device).items()})
+        for name, split in (("val", self.splits.val), ("test", self.splits.test)):
+            if split is not None:
+                # Full-batch training evaluates in one batch too: a graph model computes every node at once.
+                size = max(1, len(split)) if self.config.batch_size is None else 512
+                row.update({f"{name}_{k}": v for k, v in evaluate_sharded(self.model, split, self.device, size).items()})
         self.track_best(row)
 
     def track_best(self, row: Dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Dict, List
 
 from .base import ERM, UNLABELLED, Method
 from .distill import SelfDistillation
+from .graphmix import GraphMix
 from .mixupe import MixupE
 from .multimix import DenseMultiMixMethod, MultiMixMethod
 from .pairwise import CutMix, InputMixup, ManifoldMixup, PairwiseMix
@@ -15,7 +16,7 @@ from .terms import LossTerm, Objective
 
 __all__ = [
     "Method", "ERM", "UNLABELLED", "PairwiseMix", "InputMixup", "CutMix", "ManifoldMixup", "MixupE",
-    "MultiMixMethod", "DenseMultiMixMethod", "SelfDistillation", "METHODS", "create_method",
+    "MultiMixMethod", "DenseMultiMixMethod", "GraphMix", "SelfDistillation", "METHODS", "create_method",
     "method_settings", "distill_settings", "methods_taking", "setting_help", "Setting", "LossTerm", "Objective",
 ]
 
@@ -27,6 +28,7 @@ METHODS = {
     "mixupe": MixupE,
     "multimix": MultiMixMethod,
     "dense_multimix": DenseMultiMixMethod,
+    "graphmix": GraphMix,
 }
 
 

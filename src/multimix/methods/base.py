@@ -47,7 +47,6 @@ from .terms import LossTerm, Objective
 __all__ = ["Method", "ERM", "UNLABELLED", "unlabelled_rows"]
 
 UNLABELLED = -1  # the integer label of an unlabelled example
-ROW_SUM_ATOL = 1e-3  # soft label rows must sum to 1 within this (float32 and one-hot rounding)
 
 
 def unlabelled_rows(y) -> Optional[Tensor]:
@@ -89,6 +88,7 @@ class Method(nn.Module):
     uses_dense_features = False  # True: the loss needs the dense features (m, d, *spatial), not pooled ones
     needs_positions = False  # True: only for inputs with positions (sequences, images), not for table rows
     free_on_resume: frozenset = frozenset()  # settings a resumed run may change (e.g. the mixing scope)
+    predicts_unlabelled = False  # True: makes its own targets for unlabelled examples (no teacher needed)
 
     @classmethod
     def settings(cls) -> Dict[str, Setting]:
@@ -264,31 +264,27 @@ class Method(nn.Module):
         return targets[:, :c] + targets[:, c:]
 
     def terms_of(self, name: str, logits: Tensor, targets: Tensor, weight: float = 1.0,
-                 row_weights: Optional[Tensor] = None) -> List[LossTerm]:
+                 row_weights: Optional[Tensor] = None, criterion: Optional[Callable] = None) -> List[LossTerm]:
         """``[LossTerm(name, logits (k, c), targets (k, c), weight, row_weights)]``; under the teacher's
         ``separate_term`` (targets (k, 2c)) two terms, ``name`` and ``"distill/" + name``: each part's rows
         normalised to sum to 1 and weighted by their mass (1 − w and w, and 0 / 1 for an unlabelled row)."""
         c = logits.shape[-1]
         if targets.shape[-1] != 2 * c or self.distill is None or not self.distill.separate_term:
-            return [LossTerm(name, logits, targets, weight, row_weights)]
+            return [LossTerm(name, logits, targets, weight, row_weights, criterion=criterion)]
         out = []
         for prefix, part in (("", targets[:, :c]), ("distill/", targets[:, c:])):
             mass = part.detach().sum(dim=-1)  # (k,): the part's share of each row
             share = mass / mass.shape[0] if row_weights is None else mass * row_weights
             normalised = part / mass.clamp_min(torch.finfo(mass.dtype).tiny).unsqueeze(-1)
-            out.append(LossTerm(prefix + name, logits, normalised, weight, row_weights=share))
+            out.append(LossTerm(prefix + name, logits, normalised, weight, row_weights=share, criterion=criterion))
         return out
 
     @staticmethod
     def check_label_rows(targets: Tensor) -> None:
-        """``ValueError`` unless soft label rows (m, c, ...) are non-negative and sum to 1 over classes."""
-        sums = targets.detach().float().sum(dim=1)
-        bad = (sums - 1.0).abs() > ROW_SUM_ATOL
-        if bool(bad.any()) or bool((targets < 0).any()):
-            worst = float(sums[bad][0]) if bool(bad.any()) else float(targets.min())
-            raise ValueError(f"soft label rows y must be probabilities (non-negative, summing to 1 over the c "
-                             f"classes); got a row summing to {worst:.4g}. Multi-hot (multi-label) rows need a "
-                             "multi-label criterion: criterion=multimix.losses.bce_with_logits")
+        """``ValueError`` unless soft label rows (m, c, ...) are non-negative and sum to 1 over classes
+        (:func:`multimix.functional.check_label_rows`), naming the multi-label criterion that takes other rows."""
+        MF.check_label_rows(targets, hint="Multi-hot (multi-label) rows need a multi-label criterion: "
+                                          "criterion=multimix.losses.bce_with_logits")
 
     def terms(self, model, x: Tensor, y: Tensor) -> List[LossTerm]:
         """The method's loss terms on x (m, ...) and y (m,) or (m, c); unlabelled rows get teacher targets."""

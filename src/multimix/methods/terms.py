@@ -35,6 +35,8 @@ class LossTerm:
         row_weights: (k,) optional weights of the rows: the term's loss is Σ_i row_weights_i ℓ_i instead of
             the mean over rows (Dense MultiMix's ``position_weighting="attention"``).
         value: a 0-d loss the method computed itself (no criterion applies), instead of logits and targets.
+        criterion: the per-row loss of this term when it is not the objective's (GraphMix's BCE of softmax
+            probabilities on its mixed nodes); None: the objective's.
     """
 
     name: str
@@ -43,10 +45,12 @@ class LossTerm:
     weight: float = 1.0
     row_weights: Optional[Tensor] = None
     value: Optional[Tensor] = None
+    criterion: Optional[Callable[[Tensor, Tensor], Tensor]] = None
 
     def __post_init__(self):
         if self.value is not None:
-            if self.logits is not None or self.targets is not None or self.value.dim() != 0:
+            if self.logits is not None or self.targets is not None or self.criterion is not None \
+                    or self.value.dim() != 0:
                 raise ValueError(f"loss term {self.name!r}: give a 0-d value, or logits and targets, not both")
             return
         if not isinstance(self.logits, Tensor) or not isinstance(self.targets, Tensor):
@@ -89,7 +93,7 @@ class Objective:
         """The unweighted 0-d loss of one term."""
         if term.value is not None:
             return term.value
-        rows = self.criterion(term.logits, term.targets)
+        rows = (term.criterion or self.criterion)(term.logits, term.targets)
         if not isinstance(rows, Tensor) or rows.shape not in ((), term.logits.shape[:1]):
             raise ValueError(f"the criterion must return per-row losses ({term.logits.shape[0]},) or a 0-d loss, "
                              f"got {tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__}")

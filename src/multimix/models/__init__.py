@@ -7,12 +7,12 @@ import torch
 from ..contract import eval_mode
 from .adapters import TimmModel, TorchvisionResNet, adapt
 from .cnn1d import CNN1D, cnn1d
-from .gcn import GCN, gcn
+from .gcn import GCN, gcn, graphmix_gcn
 from .mlp import MLP, mlp
 from .speech_cnn import SpeechCNN, speech_cnn
 from .preact_resnet import PreActResNet, preact_resnet18, preact_resnet_small
 
-__all__ = ["CNN1D", "cnn1d", "GCN", "gcn", "MLP", "mlp", "SpeechCNN", "speech_cnn", "PreActResNet", "preact_resnet18", "preact_resnet_small",
+__all__ = ["CNN1D", "cnn1d", "GCN", "gcn", "graphmix_gcn", "MLP", "mlp", "SpeechCNN", "speech_cnn", "PreActResNet", "preact_resnet18", "preact_resnet_small",
            "TorchvisionResNet", "TimmModel", "adapt", "MODELS", "create_model", "build_model", "check_model_name",
            "check_input_shape", "DEFAULT_MODELS", "default_model_for"]
 
@@ -23,6 +23,7 @@ MODELS = {
     "mlp": mlp,
     "speech_cnn": speech_cnn,
     "gcn": gcn,
+    "graphmix_gcn": graphmix_gcn,
 }
 
 
@@ -56,9 +57,9 @@ def default_model_for(dataset: str) -> str:
 
 
 # Dimensions of one example each built-in model takes (default 3: images (C, H, W); 0: a node index).
-MODEL_INPUT_DIMS = {"cnn1d": 2, "mlp": 1, "gcn": 0}
+MODEL_INPUT_DIMS = {"cnn1d": 2, "mlp": 1, "gcn": 0, "graphmix_gcn": 0}
 # Models over one fixed graph: built with the data's graph tensors (``Splits.graph``).
-GRAPH_MODELS = ("gcn",)
+GRAPH_MODELS = ("gcn", "graphmix_gcn")
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 

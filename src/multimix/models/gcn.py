@@ -29,16 +29,17 @@ the graph path for the full range (``encode(x)``), float inputs the MLP path.
 
 from __future__ import annotations
 
-from typing import Set
+import warnings
+from typing import Optional, Set
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_int, check_number
+from ..checks import check_choice, check_int, check_number
 from ..contract import MixableClassifier
 
-__all__ = ["GCN", "gcn", "normalized_adjacency"]
+__all__ = ["GCN", "gcn", "graphmix_gcn", "normalized_adjacency"]
 
 
 def normalized_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
@@ -52,24 +53,78 @@ def normalized_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
     return torch.sparse_coo_tensor(index.flip(0), weight, (num_nodes, num_nodes), check_invariants=True).coalesce()
 
 
-def _glorot_(linear: nn.Linear) -> nn.Linear:
-    """Glorot-uniform weights and zero bias: the initialisation of Kipf & Welling's GCN (and PyG's GCNConv)."""
-    nn.init.xavier_uniform_(linear.weight)
-    nn.init.zeros_(linear.bias)
+INITS = ("glorot", "uniform")
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout, x · 1[u >= p] / (1 − p) with u ~ U(0, 1): the law of ``F.dropout``, drawn as uniforms
+    because torch's CPU dropout (a Bernoulli draw per element) takes about twice as long, and a GCN step on
+    sparse features spends most of its time here."""
+    if not training or p == 0.0:
+        return x
+    return x * (torch.rand_like(x) >= p).to(x.dtype) * (1.0 / (1.0 - p))
+
+
+def compressed(rows: Tensor, num_rows: int) -> Tensor:
+    """CSR row pointers (num_rows + 1,) of sorted row indices ``rows`` (nnz,)."""
+    counts = torch.bincount(rows, minlength=num_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def csr(crow: Tensor, col: Tensor, values: Tensor, shape) -> Tensor:
+    """The sparse CSR matrix of these parts (built by the model, so their invariants hold unchecked)."""
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state": products and transposes are stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+class SparseProduct(torch.autograd.Function):
+    """A B for a constant sparse CSR matrix A (k, n) and a dense B (n, d), with ∂/∂B = Aᵀ G from Aᵀ in CSR.
+
+    Sparse CSR products are several times faster than COO ones on CPU, but autograd's own CSR backward
+    transposes A at every step; A is constant here, so its transpose is built once with the model.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, a_t: Tensor, b: Tensor) -> Tensor:
+        ctx.a_t = a_t
+        return torch.sparse.mm(a, b.to(a.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, None, torch.sparse.mm(ctx.a_t, grad.to(ctx.a_t.dtype))
+
+
+def sparse_product(a: Tensor, a_t: Tensor, b: Tensor) -> Tensor:
+    """A B (k, d) for sparse CSR A (k, n) with its transpose ``a_t`` (n, k), and dense B (n, d)."""
+    return SparseProduct.apply(a, a_t, b)
+
+
+def _initialised(linear: nn.Linear, init: str) -> nn.Linear:
+    """``linear`` with zero bias and weights by ``init``: ``"glorot"`` (Glorot-uniform: Kipf & Welling's GCN and
+    PyG's GCNConv) or ``"uniform"`` (U(±1/√out): GraphMix's official code)."""
+    if init == "glorot":
+        nn.init.xavier_uniform_(linear.weight)
+    else:
+        bound = linear.out_features ** -0.5
+        nn.init.uniform_(linear.weight, -bound, bound)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
     return linear
 
 
 class FeatureLayer(nn.Module):
-    """The first layer on feature rows without propagation: drop(ReLU(drop(x) W₀ + b₀)), (m, F) → (m, h)."""
+    """The first layer on feature rows without propagation: drop_h(ReLU(drop(x) W₀ + b₀)), (m, F) → (m, h)."""
 
-    def __init__(self, num_features: int, hidden: int, dropout: float):
+    def __init__(self, num_features: int, hidden: int, dropout: float, hidden_dropout: float, bias: bool = True,
+                 init: str = "glorot"):
         super().__init__()
-        self.linear = _glorot_(nn.Linear(num_features, hidden))
-        self.dropout = dropout
+        self.linear = _initialised(nn.Linear(num_features, hidden, bias=bias), init)
+        self.dropout, self.hidden_dropout = dropout, hidden_dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.dropout(x, self.dropout, self.training)
-        return F.dropout(F.relu(self.linear(x)), self.dropout, self.training)
+        x = dropout(x, self.dropout, self.training)
+        return dropout(F.relu(self.linear(x)), self.hidden_dropout, self.training)
 
 
 class GCN(MixableClassifier):
@@ -91,11 +146,16 @@ class GCN(MixableClassifier):
         edge_index: (2, E) integer edges (both directions for an undirected graph).
         num_classes: c.
         hidden: h, units of the hidden layer (16 in the paper).
-        dropout: dropout probability on the input features and the hidden layer (0.5 in the paper).
+        dropout: dropout probability on the input features (0.5 in the paper).
+        hidden_dropout: dropout probability on the hidden layer; None: ``dropout`` (the paper's).
+        bias: whether the two layers have biases b₀, b₁ (the paper's do; GraphMix's code has none).
+        init: ``"glorot"`` (the paper's) or ``"uniform"`` U(±1/√out) (GraphMix's code).
+        decay_head: whether weight decay reaches the second layer (the paper decays the first layer only).
     """
 
     def __init__(self, features: Tensor, edge_index: Tensor, num_classes: int, hidden: int = 16,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, hidden_dropout: Optional[float] = None, bias: bool = True,
+                 init: str = "glorot", decay_head: bool = False):
         if not (isinstance(features, Tensor) and features.dim() == 2 and features.is_floating_point()):
             raise ValueError(f"features must be a floating (N, F) tensor, got "
                              f"{tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__}")
@@ -109,23 +169,48 @@ class GCN(MixableClassifier):
         check_int(num_classes, "num_classes", 1)
         check_int(hidden, "hidden", 1)
         dropout = check_number(dropout, "dropout", minimum=0.0, maximum=1.0, maximum_exclusive=True)
-        super().__init__([FeatureLayer(num_features, hidden, dropout)], _glorot_(nn.Linear(hidden, num_classes)))
+        hidden_dropout = dropout if hidden_dropout is None else check_number(
+            hidden_dropout, "hidden_dropout", minimum=0.0, maximum=1.0, maximum_exclusive=True)
+        init = check_choice(init, "init", INITS)
+        super().__init__([FeatureLayer(num_features, hidden, dropout, hidden_dropout, bool(bias), init)],
+                         _initialised(nn.Linear(hidden, num_classes, bias=bool(bias)), init))
         self.num_nodes, self.num_features, self.hidden, self.dropout = num_nodes, num_features, hidden, dropout
+        self.hidden_dropout, self.decay_head = hidden_dropout, bool(decay_head)
         self.register_buffer("features", features, persistent=False)
-        nonzero = features.nonzero().T  # (2, nnz): bag-of-words features are ~1% non-zero on Cora
-        self.register_buffer("feature_index", nonzero, persistent=False)
-        self.register_buffer("feature_values", features[nonzero[0], nonzero[1]], persistent=False)
-        self.register_buffer("adjacency", normalized_adjacency(edge_index, num_nodes), persistent=False)
+        # X's non-zeros (bag-of-words features are ~1% non-zero on Cora) in row-major (CSR) order, and the
+        # order of Xᵀ's: dropout draws one mask over the values, which both products then share.
+        rows, cols = features.nonzero().T
+        self.register_buffer("feature_values", features[rows, cols], persistent=False)
+        self.register_buffer("feature_crow", compressed(rows, num_nodes), persistent=False)
+        self.register_buffer("feature_col", cols, persistent=False)
+        order = torch.argsort(cols * num_nodes + rows)
+        self.register_buffer("feature_t_order", order, persistent=False)
+        self.register_buffer("feature_t_crow", compressed(cols[order], num_features), persistent=False)
+        self.register_buffer("feature_t_col", rows[order], persistent=False)
+        # Â and Âᵀ as CSR parts (crow, col, values): plain tensors move, cast and deep-copy like any buffer.
+        adjacency = normalized_adjacency(edge_index, num_nodes)
+        for name, matrix in (("adjacency", adjacency), ("adjacency_t", adjacency.t().coalesce())):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                csr = matrix.to_sparse_csr()
+            self.register_buffer(f"{name}_crow", csr.crow_indices(), persistent=False)
+            self.register_buffer(f"{name}_col", csr.col_indices(), persistent=False)
+            self.register_buffer(name, csr.values(), persistent=False)
 
     def propagated(self) -> Tensor:
-        """The embeddings of every node, Â · drop(ReLU(Â · drop(X) W₀ + b₀)): (N, h)."""
+        """The embeddings of every node, Â · drop_h(ReLU(Â · drop(X) W₀ + b₀)): (N, h)."""
         layer = self.stages[0]
-        values = F.dropout(self.feature_values, self.dropout, self.training)
-        x = torch.sparse_coo_tensor(self.feature_index, values, self.features.shape, is_coalesced=True,
-                                    check_invariants=False)  # the indices were checked at construction
-        h = torch.sparse.mm(self.adjacency, torch.sparse.mm(x, layer.linear.weight.T)) + layer.linear.bias
-        h = F.dropout(F.relu(h), self.dropout, self.training)
-        return torch.sparse.mm(self.adjacency, h)
+        values = dropout(self.feature_values, self.dropout, self.training)
+        n, f = self.features.shape
+        x, x_t = csr(self.feature_crow, self.feature_col, values, (n, f)), csr(
+            self.feature_t_crow, self.feature_t_col, values[self.feature_t_order], (f, n))
+        a, a_t = csr(self.adjacency_crow, self.adjacency_col, self.adjacency, (n, n)), csr(
+            self.adjacency_t_crow, self.adjacency_t_col, self.adjacency_t, (n, n))
+        h = sparse_product(a, a_t, sparse_product(x, x_t, layer.linear.weight.T))
+        if layer.linear.bias is not None:
+            h = h + layer.linear.bias
+        h = dropout(F.relu(h), self.hidden_dropout, self.training)
+        return sparse_product(a, a_t, h)
 
     def encode(self, x: Tensor, start: int = 0, end=None) -> Tensor:
         """Node indices (m,) → propagated embeddings (m, h), or layer ``end``; feature rows → the MLP path."""
@@ -143,14 +228,25 @@ class GCN(MixableClassifier):
         return super().encode(x, start, end)
 
     def no_weight_decay(self) -> Set[str]:
-        """The second layer (the head) is not weight-decayed: Kipf & Welling regularise the first layer only."""
-        return {"head.weight", "head.bias"}
+        """The second layer (the head) is not weight-decayed unless ``decay_head``: Kipf & Welling regularise the
+        first layer only, GraphMix's code every weight."""
+        return set() if self.decay_head else {name for name, _ in self.named_parameters() if name.startswith("head.")}
 
     def extra_repr(self) -> str:
-        return f"nodes={self.num_nodes}, features={self.num_features}, hidden={self.hidden}, dropout={self.dropout}"
+        return (f"nodes={self.num_nodes}, features={self.num_features}, hidden={self.hidden}, dropout={self.dropout}, "
+                f"hidden_dropout={self.hidden_dropout}, bias={self.head.bias is not None}, "
+                f"decay_head={self.decay_head}")
 
 
 def gcn(num_classes: int, *, features: Tensor, edge_index: Tensor, width=None, dropout: float = 0.5) -> GCN:
     """:class:`GCN` with ``width`` hidden units (default 16, Kipf & Welling's)."""
     return GCN(features, edge_index, num_classes, hidden=16 if width is None else width, dropout=dropout)
+
+
+def graphmix_gcn(num_classes: int, *, features: Tensor, edge_index: Tensor, width=None) -> GCN:
+    """The GCN of GraphMix's official code (``semisupervised/codes/gnn.py`` and ``run_cora.py``): ``width``
+    hidden units (default 16), input dropout 0.5, no hidden dropout, no biases, weights U(±1/√out), weight decay
+    on both layers. Its parameter-shared MLP path is GraphMix's FCN (``forward_aux``)."""
+    return GCN(features, edge_index, num_classes, hidden=16 if width is None else width, dropout=0.5,
+               hidden_dropout=0.0, bias=False, init="uniform", decay_head=True)
 

@@ -27,6 +27,25 @@ def test_enabled_progress_bar_counts_steps(capsys):
     bar.close()
 
 
+def test_lines_printed_while_a_bar_shows_clear_it_first_and_redraw_it_after(capsys):
+    bar = ProgressBar(4, True, "runs")
+    bar.step()
+    capsys.readouterr()
+    with bar.printing():
+        print("run 1 done")
+        cleared = capsys.readouterr()
+    after = capsys.readouterr()
+    bar.close()
+    capsys.readouterr()
+    assert cleared.out == "run 1 done\n"
+    assert cleared.err.startswith("\r") and cleared.err.strip() == ""  # the bar's line wiped before the text
+    assert "1/4" in after.err  # and drawn again below it
+    off = ProgressBar(4, False, "runs")
+    with off.printing():
+        print("plain")
+    assert capsys.readouterr() == ("plain\n", "")
+
+
 def test_progress_does_not_change_training(tmp_path, tiny, capsys):
     """The same two epochs with and without the progress bar and per-epoch lines: exactly the same weights."""
     models = {}

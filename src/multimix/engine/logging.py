@@ -7,9 +7,10 @@ and every random draw are the same with and without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, ContextManager, Dict, List, Optional
 
 from .checkpoint import json_safe, write_text_atomic
 
@@ -71,6 +72,13 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def printing(self) -> ContextManager[Any]:
+        """A block that prints lines while the bar shows: the bar is cleared first and drawn again below them
+        (tqdm's external write mode), so lines and bar do not overwrite each other on a terminal."""
+        if self.bar is None:
+            return contextlib.nullcontext()
+        return type(self.bar).external_write_mode()
 
 
 def format_row(row: Dict[str, Any]) -> str:

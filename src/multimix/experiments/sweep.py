@@ -181,7 +181,8 @@ class Sweep:
             self.trained.append(run.id)
             failures[0] += result["status"] == "failed"
             bar.step(failed=str(failures[0]))
-            self.log(self.describe(run, records[run.id], time.perf_counter() - start))
+            with bar.printing():
+                self.log(self.describe(run, records[run.id], time.perf_counter() - start))
 
         with self.stop as stop:
             try:

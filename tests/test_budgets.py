@@ -84,6 +84,33 @@ def test_bench_refuses_an_entry_that_cannot_fit_before_the_first_run(tmp_path, c
     assert not list(out.glob("runs/*")) and not (out / "results.json").exists()
 
 
+def test_the_bench_counts_the_runs_its_workers_hold_at_once(tmp_path, capsys):
+    """A MultiMix n whose runs fit one at a time but not four at once (found by doubling n on the bench's config)."""
+    from dataclasses import replace
+
+    from multimix.experiments.bench import DEFAULT_CONFIG
+
+    base = replace(DEFAULT_CONFIG, num_train=192, num_test=128, epochs=1, method="multimix")
+    n = 10**5
+    while True:
+        config = replace(base, method_args={"n": n})
+        try:
+            check_memory(config, "cpu", runs_at_once=4)
+        except MemoryBudgetError as err:
+            assert "× 4 runs at once (--jobs)" in str(err)
+            break
+        n *= 2
+    check_memory(config, "cpu")  # alone (half the memory of four runs of n / 2, which fitted): fits
+    entries = tmp_path / "entries.yaml"
+    # 2n for the command: four such runs need twice the memory there is, so a change in it cannot let them start
+    entries.write_text(f"- {{label: Big, method: multimix, method_args: {{n: {2 * n}}}}}\n")
+    out = tmp_path / "bench"
+    assert main(["bench", "--entries", str(entries), "--seeds", "4", "--epochs", "1", "--num-train", "192",
+                 "--num-test", "128", "--jobs", "4", "--out-dir", str(out)]) == 2
+    assert "× 4 runs at once (--jobs)" in one_line(capsys)
+    assert not list(out.glob("runs/*"))
+
+
 def test_library_users_get_the_named_error(tiny, tmp_path):
     config = tiny(tmp_path, method="multimix", method_args={"n": 10**9})
     with pytest.raises(MemoryBudgetError, match="n=1000000000 needs about") as err:

@@ -227,6 +227,7 @@ def bench_command(args) -> int:
     from .experiments.bench import (DEFAULT_CONFIG, evaluate_once_unless_best_val, evaluation_table, markdown_table,
                                     missing_note, run_bench)
     from .experiments.entries import ENTRIES_PATH, GRID_PATH, bench_file, load_entries, load_grid
+    from .experiments.executors import LocalExecutor
     from .experiments.sweep import Sweep
     from .experiments.tune import tune
 
@@ -259,9 +260,12 @@ def bench_command(args) -> int:
         runs = ([(spec.method, {**spec.fixed, **margs}, distill, spec.config) for spec in grid
                  for margs, distill in spec.candidates] if args.tune
                 else [(e.method, e.method_args, e.distill, e.config) for e in entries])
-        for method, method_args, distill, config in runs:
-            check_memory(replace(base, method=method, method_args=method_args, distill=distill, **config))
         executor = sweep_executor(args, base)
+        # the local workers share this machine's memory (Ray places its runs by the resources asked for)
+        at_once = min(executor.jobs, len(runs) * args.seeds) if isinstance(executor, LocalExecutor) else 1
+        for method, method_args, distill, config in runs:
+            check_memory(replace(base, method=method, method_args=method_args, distill=distill, **config),
+                         runs_at_once=at_once)
     size = lambda n: "all" if n is None else n  # noqa: E731
     setting = (f"{base.dataset} ({size(base.num_train)} train / {base.val_size} validation / {size(base.num_test)} "
                f"test, {base.model} width {base.width or 'default'}, {base.epochs} epochs)")

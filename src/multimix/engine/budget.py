@@ -267,22 +267,31 @@ def check_fits(estimate: Estimate, device, hint: str = OVERRIDE_HINT) -> None:
                             f"{where} {format_bytes(free)} available ({hint})")
 
 
-def check_memory(config: TrainConfig, device=None) -> None:
+def at_once(estimate: Estimate, runs: int) -> Estimate:
+    """``estimate`` for ``runs`` such pieces of work at the same time (a sweep's ``--jobs``)."""
+    if runs == 1:
+        return estimate
+    return Estimate({k: v * runs for k, v in estimate.parts.items()}, f"{estimate.work}, × {runs} runs at once (--jobs)")
+
+
+def check_memory(config: TrainConfig, device=None, runs_at_once: int = 1) -> None:
     """Refuse ``config`` (:class:`MemoryBudgetError`) when its data or one training step cannot fit in memory.
 
     Runs from the config alone, so it can come before any data is read. ``device`` is where the steps run (default:
-    the config's); data is made in host memory. Nothing is checked when ``config.memory_check`` is False.
+    the config's); data is made in host memory. ``runs_at_once`` such runs share this machine's memory (a sweep's
+    local workers; on CPU their steps too, on GPUs each its own device). Nothing is checked when
+    ``config.memory_check`` is False.
     """
     if not config.memory_check:
         return
     device = resolve_device(config.device) if device is None else torch.device(device)
     data = data_estimate(config)
     if data is not None:
-        check_fits(data, "cpu")
+        check_fits(at_once(data, runs_at_once), "cpu")
     shape, classes = _example_shape(config)
     batch = config.batch_size or _training_examples(config) or 1
     step = step_estimate(model=config.model, input_shape=shape, num_classes=classes,
                          batch=batch + config.unlabelled_batch, width=config.width, method=config.method,
                          method_args=config.method_args, optimizer=config.optimizer, momentum=config.momentum,
                          teacher=config.distill is not None, device=device)
-    check_fits(step, device)
+    check_fits(at_once(step, runs_at_once) if device.type == "cpu" else step, device)

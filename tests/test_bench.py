@@ -1,8 +1,10 @@
 """``multimix bench``: the comparison table, its files and plots."""
 
+import dataclasses
 import json
 
 from multimix.cli import main
+from multimix.engine import TrainConfig
 
 
 def test_bench_writes_table_and_plot(tmp_path, capsys, png_ok):
@@ -17,6 +19,8 @@ def test_bench_writes_table_and_plot(tmp_path, capsys, png_ok):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert len(results["runs"]) == 6 and results["best_baseline"] in ("ERM", "input mixup")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(results["setting"]) <= fields and results["setting"]["num_train"] == 256  # the config's fields only
     mm = next(r for r in results["rows"] if r["method"] == "MultiMix")
     assert "vs_best_baseline" in mm
     assert {"pgd_error", "ece", "energy_auroc", "alignment", "uniformity"} <= set(mm)

@@ -28,6 +28,7 @@ def test_bench_tune_selects_on_validation_and_inherits(tmp_path, capsys, png_ok)
     for r in tuning["records"]:
         if r["label"] == "MultiMix + self-distillation":
             assert r["distill"] and all(r["method_args"][k] == v for k, v in multimix_choice["method_args"].items())
+    assert all(not k.startswith("_") for k in tuning["setting"])  # the config's fields, nothing it holds besides
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     used = {r["label"]: r["method_args"] for r in results["runs"]}
     assert used["MultiMix"] == multimix_choice["method_args"]

@@ -150,7 +150,7 @@ def results_from_records(runs: Sequence[Run], records: Dict[str, Dict[str, Any]]
     results = summarise(rows, labels=list(dict.fromkeys(run.label for run in runs)),
                         ours={run.label: run.ours for run in runs})
     results["missing"] = missing
-    results["setting"] = {k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")}
+    results["setting"] = {k: v for k, v in base.to_dict().items() if k not in ("out_dir", "progress", "checkpoint")}
     results["setting"].update(sizes)  # the sizes used, also where the config says "all" (None)
     results["seeds"] = seeds
     results["wall_time_s"] = sum(r["time_s"] for r in rows)

@@ -116,7 +116,7 @@ def tune(out_dir: Path, base: TrainConfig, *, seeds: int = 2, grid: Sequence[Tun
                           spec.ours, dict(spec.config)) for spec in grid if spec.label in chosen]
     result = {"records": [r for spec in grid for r in records_by_label.get(spec.label, [])],
               "seeds": [TUNING_SEED_OFFSET + s for s in range(seeds)],
-              "setting": {**{k: v for k, v in vars(base).items() if k not in ("out_dir", "progress", "checkpoint")},
+              "setting": {**{k: v for k, v in base.to_dict().items() if k not in ("out_dir", "progress", "checkpoint")},
                           **sizes},
               "wall_time_s": time.perf_counter() - start}
     write_tuning(result, out_dir)

@@ -401,3 +401,21 @@ def test_cifar_fingerprint_is_the_list_of_md5_checked_files(tmp_path, monkeypatc
     assert len(first) == 16 and load_dataset("cifar10", data_dir=str(tmp_path / "x"), num_val=2).fingerprint == first
     monkeypatch.setattr(Checked, "test_list", [["test_batch", "0" * 32]])
     assert load_dataset("cifar10", data_dir=str(tmp_path)).fingerprint != first
+
+
+def test_batches_of_tensors_are_the_data_loaders_batches_without_its_per_example_fetch():
+    from torch.utils.data import DataLoader, Subset
+
+    from multimix.data import batches
+
+    x, y = torch.randn(23, 3, 5), torch.randint(0, 4, (23,))
+    tensors = TensorDataset(x, y)
+    for size in (1, 7, 23, 64):
+        ours = list(batches(tensors, size, "cpu"))
+        reference = list(DataLoader(tensors, batch_size=size))
+        assert len(ours) == len(reference)
+        for (a, b), (c, d) in zip(ours, reference):
+            assert torch.equal(a, c) and torch.equal(b, d)
+    subset = Subset(tensors, [3, 1, 4, 1, 5])  # any other dataset: the DataLoader, as before
+    (a, b), = batches(subset, 8, "cpu")
+    assert torch.equal(a, x[[3, 1, 4, 1, 5]]) and torch.equal(b, y[[3, 1, 4, 1, 5]])

@@ -223,6 +223,30 @@ def test_every_method_under_bfloat16_autocast(name, tiny_model, tiny_batch):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_every_method_trains_under_float16_autocast_with_a_grad_scaler(name, tiny_model, tiny_batch):
+    """float16 needs loss scaling: every loss stays finite, and a step the scaler skips (an overflow at its
+    initial scale of 2^16 halves the scale) is no step for the attached method either."""
+    import math
+
+    x, y = tiny_batch
+    method = make(name)
+    optimizer = torch.optim.SGD(tiny_model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=1000)
+    method.attach(optimizer, tiny_model)
+    for _ in range(6):
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = method(tiny_model, x, y)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    skipped = round(math.log2(2.0 ** 16 / scaler.get_scale()))
+    assert skipped <= 2 and method.steps == 6 - skipped
+    assert all(torch.isfinite(p).all() for p in tiny_model.parameters())
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_every_method_under_torch_compile(name, tiny_model, tiny_batch):
     x, y = tiny_batch
     torch._dynamo.reset()

@@ -16,6 +16,8 @@ from scipy import stats
 import multimix.functional as MF
 from multimix import sampling
 
+from sync_counter import SyncCounter
+
 METHODS = ["auto", "torch"]  # "auto" on a CPU generator is the CPU sampler; "torch" the device-generic one
 
 
@@ -151,46 +153,34 @@ def test_method_is_checked():
         MF.dirichlet(4, 4, 1.0, method="numpy")
 
 
-class SyncCounter:
-    """Counts the Tensor calls that read a value back to the host (each one synchronises on CUDA)."""
-
-    NAMES = ("item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        for name in self.NAMES:
-            original = getattr(torch.Tensor, name)
-
-            def counted(tensor, *args, _name=name, _original=original, **kwargs):
-                self.calls.append(_name)
-                return _original(tensor, *args, **kwargs)
-
-            monkeypatch.setattr(torch.Tensor, name, counted)
-        for name in ("nonzero", "count_nonzero", "unique", "masked_select"):
-            original = getattr(torch, name)
-            monkeypatch.setattr(torch, name, lambda *a, _name=name, _original=original, **k: (
-                self.calls.append(_name), _original(*a, **k))[1])
-
-
 @pytest.mark.parametrize("alpha", [1e-3, 0.3, 1.0, 4.0])
 @pytest.mark.parametrize("rows_per_draw", [1, 4])
 def test_device_generic_path_never_reads_back(monkeypatch, alpha, rows_per_draw):
     """The path used off the CPU, forced on the CPU, makes no call that would synchronise a GPU."""
     g = torch.Generator().manual_seed(0)  # the seed draw of the CPU path is the one read allowed on a CPU
-    counter = SyncCounter(monkeypatch)
-    lam = MF.dirichlet(1000, 128, alpha, generator=g, method="torch", rows_per_draw=rows_per_draw)
+    with SyncCounter(monkeypatch) as counter:
+        lam = MF.dirichlet(1000, 128, alpha, generator=g, method="torch", rows_per_draw=rows_per_draw)
     assert counter.calls == []
     assert lam.shape == (1000, 128)
 
 
 def test_sync_counter_sees_reads(monkeypatch):
-    """The counter above can fail: it sees the reads of the previous implementation's rejection loop."""
-    counter = SyncCounter(monkeypatch)
+    """The counter above can fail: it sees the reads of the previous implementation's rejection loop, and a
+    boolean-mask index (a count read inside the kernel)."""
     x = torch.rand(100)
-    int(torch.count_nonzero(x > 0.5))
-    bool((x > 2).any())
-    x.max().item()
-    assert counter.calls == ["count_nonzero", "__int__", "__bool__", "item"]
+    with SyncCounter(monkeypatch) as counter:
+        int(torch.count_nonzero(x > 0.5))
+        bool((x > 2).any())
+        x.max().item()
+    python = [call for call in counter.calls if not call.startswith("aten.")]
+    assert python == ["count_nonzero", "__int__", "__bool__", "item"]
+    assert counter.calls.count("aten._local_scalar_dense.default") == 3  # int, bool, item below Python
+    with SyncCounter(monkeypatch) as counter:
+        x[x > 0.5]
+    assert counter.calls == ["aten.index.Tensor (boolean mask)"]
+    with SyncCounter(monkeypatch) as counter:
+        x.masked_fill(x > 0.5, 0.0).sum()
+    assert counter.calls == []
 
 
 @pytest.mark.parametrize("alpha", [0.3, 2.0])

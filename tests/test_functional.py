@@ -183,22 +183,32 @@ def test_class_activation_is_relu_of_class_score():
 
 # ---------------------------------------------------------------- CutMix, MixupE
 
+def reference_box(spatial, lam, centres):
+    """CutMix's box as the official code computes it, in Python numbers: one slice per spatial dim."""
+    ratio = (1.0 - lam) ** (1.0 / len(spatial))
+    box = []
+    for size, u in zip(spatial, centres):
+        cut, centre = int(size * ratio), int(u * size)
+        box.append(slice(max(centre - cut // 2, 0), min(centre + cut // 2, size)))
+    return tuple(box)
+
+
 @pytest.mark.parametrize("spatial", [(40,), (32, 32), (7, 9)])
-def test_cutmix_lambda_is_pasted_area(spatial):
+def test_cutmix_mask_is_the_reference_box(spatial):
     g = torch.Generator().manual_seed(0)
-    x = torch.zeros(3, 1, *spatial)
-    source = torch.ones_like(x)
-    for lam in (0.0, 0.3, 0.7, 0.95):
-        box, lam_true = MF.cutmix_box(spatial, lam, generator=g)
-        mixed = MF.paste_box(x, source, box)
-        pasted = mixed[0, 0].mean().item()  # share of the grid taken from the source
-        assert lam_true == pytest.approx(1 - pasted)
-        assert 0.0 <= lam_true <= 1.0
+    for lam in (0.0, 0.3, 0.7, 0.95, 1.0):
+        centres = torch.rand(len(spatial), generator=torch.Generator().set_state(g.get_state())).tolist()
+        mask, lam_true = MF.cutmix_mask(spatial, torch.tensor(lam), generator=g)
+        expected = torch.zeros(spatial, dtype=torch.bool)
+        expected[reference_box(spatial, lam, centres)] = True
+        assert mask.shape == spatial and torch.equal(mask, expected)
+        assert lam_true.dim() == 0 and float(lam_true) == pytest.approx(1 - expected.float().mean().item())
+        assert 0.0 <= float(lam_true) <= 1.0
 
 
 def test_cutmix_box_rejects_3d():
     with pytest.raises(ValueError, match="spatial"):
-        MF.cutmix_box((4, 4, 4), 0.5)
+        MF.cutmix_mask((4, 4, 4), 0.5)
 
 
 def _official_term(f, y_onehot, threshold, detach):

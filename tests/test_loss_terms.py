@@ -28,7 +28,8 @@ def test_the_objective_of_a_methods_terms_is_its_loss(name, tiny_model, tiny_bat
     assert terms and all(isinstance(t, LossTerm) for t in terms)
     expected = {"erm": ["clean"], "multimix": ["mixed", "clean"], "dense_multimix": ["mixed", "pooled"],
                 "mixupe": ["mixed", "mixupe"]}.get(name, ["mixed"])
-    assert [t.name for t in terms] == expected
+    names = [t.name for t in terms]
+    assert names == expected or (name == "graphmix" and names == ["clean"])  # GraphMix's coin: either step
     loss = make(name)(model, x, y)
     torch.testing.assert_close(method.reduce(terms), loss, rtol=0, atol=0)
     if name != "mixupe":  # MixupE rescales the sum (tested against the official code in test_methods.py)

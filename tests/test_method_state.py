@@ -148,7 +148,7 @@ def test_a_checkpoint_with_the_teacher_in_its_own_entry_still_resumes(tmp_path, 
         assert summary["status"] == "completed"
         ends.append(load_checkpoint(tmp_path / name / "last.pt"))
     assert ends[1]["method"]["distill._extra_state"] == {"updates": 6}
-    assert ends[1]["method"]["_extra_state"] == {"steps": 6}
+    assert ends[1]["method"]["_extra_state"] == {"steps": 6, "host_draws": 0}
     for key, value in ends[0]["method"].items():
         assert torch.equal(value, ends[1]["method"][key]) if torch.is_tensor(value) else value == ends[1]["method"][key]
     for key, value in ends[0]["model"].items():

@@ -158,9 +158,9 @@ def test_cutmix_method_uses_true_pasted_area():
         model = Probe()
         loss = multimix.CutMix(alpha=1.0, num_classes=2, generator=torch.Generator().manual_seed(seed))(model, x, y)
         g = torch.Generator().manual_seed(seed)  # replay: λ, π, then the box
-        lam = float(MF.sample_beta(1.0, generator=g))
+        lam = MF.sample_beta(1.0, generator=g)
         perm = MF.random_permutation(3, generator=g)
-        box, lam_true = MF.cutmix_box((10, 10), lam, generator=g)
+        lam_true = float(MF.cutmix_mask((10, 10), lam, generator=g)[1])
         for i in range(3):
             pasted = (model.seen[i] != x[i]).float().mean().item()
             expected_pasted = (1 - lam_true) if perm[i] != i else 0.0
@@ -351,7 +351,7 @@ def test_manifold_layers_of_preact_resnet_follow_the_paper():
     torch.manual_seed(0)
     model = preact_resnet_small(num_classes=10).eval()
     assert model.num_stages == 4
-    x, perm, lam = torch.randn(8, 3, 32, 32), torch.randperm(8), 0.3
+    x, perm, lam = torch.randn(8, 3, 32, 32), torch.randperm(8), torch.tensor(0.3)
     reference, _ = multimix.InputMixup(num_classes=10).mixed_logits(model, x, lam, perm)
     spread = reference.std()
     for k in range(model.num_stages + 1):

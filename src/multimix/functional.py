@@ -17,7 +17,9 @@ Dirichlet samplers themselves live in :mod:`multimix.sampling`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,8 @@ from .sampling import DIRICHLET_METHODS, dirichlet_rows
 __all__ = [
     "check_positive",
     "check_alpha",
+    "device_generic",
+    "on_host",
     "check_interpolation_matrix",
     "dirichlet",
     "sample_beta",
@@ -45,14 +49,46 @@ __all__ = [
     "class_activation_attention",
     "dense_interpolation_weights",
     "dense_interpolate",
-    "cutmix_box",
-    "paste_box",
+    "cutmix_mask",
     "mixupe_residual_term",
     "beta_mean",
 ]
 
 REDUCTIONS = ("mean", "none")  # of soft_cross_entropy
 ROW_SUM_ATOL = 1e-3  # soft label rows must sum to 1 within this (float32 and one-hot rounding)
+
+# whether CPU tensors take the accelerator's code path (see device_generic)
+_DEVICE_GENERIC: ContextVar[bool] = ContextVar("multimix_device_generic", default=False)
+
+
+@contextmanager
+def device_generic() -> Iterator[None]:
+    """Within this block CPU tensors take the code path used on accelerators.
+
+    That path never reads a tensor's value back to the host (on CUDA every
+    such read waits for the device): Λ comes from torch's gamma kernel
+    instead of numpy's bits, and value checks that need a read are left out
+    (:func:`on_host`). Its purpose is to show, on a CPU, that a training step
+    would not synchronise a GPU. Thread- and task-local.
+    """
+    token = _DEVICE_GENERIC.set(True)
+    try:
+        yield
+    finally:
+        _DEVICE_GENERIC.reset(token)
+
+
+def on_host(x: Tensor) -> bool:
+    """Whether x's values can be read without a host–device synchronisation: a CPU tensor, outside
+    :func:`device_generic`.
+
+    Checks of values (label ranges, row sums) run only then. On an accelerator
+    they are left to the data's boundary (the loader, on the CPU) and to
+    torch's device-side asserts (a label outside [0, c) fails the scatter that
+    makes one-hot rows), as ``F.cross_entropy`` does.
+    """
+    return x.device.type == "cpu" and not _DEVICE_GENERIC.get()
+
 
 # ---------------------------------------------------------------------------
 # argument checks (raise before any work is done)
@@ -150,7 +186,8 @@ def dirichlet(
             independent rows.
         method: ``"auto"`` (numpy's bits and block-wise tensor passes on the
             CPU, torch's gamma kernel on other devices) or ``"torch"`` (torch's
-            gamma kernel everywhere: the device-generic path). Both are exact.
+            gamma kernel everywhere: the device-generic path, also taken
+            inside :func:`device_generic`). Both are exact.
 
     Returns:
         Tensor of shape (n, m).
@@ -160,6 +197,8 @@ def dirichlet(
     alpha = check_alpha(alpha)
     k = check_positive_int(rows_per_draw, "rows_per_draw")
     method = check_choice(method, "method", DIRICHLET_METHODS)
+    if _DEVICE_GENERIC.get():
+        method = "torch"
     dtype = dtype or torch.get_default_dtype()
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
@@ -246,10 +285,13 @@ def as_soft_targets(
         raise ValueError(f"integer labels y must have shape (m,), got {tuple(y.shape)}")
     if num_classes is None:
         raise ValueError("num_classes is required with integer labels (it is read from the head when that is nn.Linear)")
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"labels y must lie in [0, {num_classes}) (num_classes = {num_classes}), got values in [{lo}, {hi}]")
-    targets = F.one_hot(y.long(), num_classes).to(dtype)
+    if on_host(y):  # elsewhere scatter's device-side assert refuses a label outside [0, c)
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels y must lie in [0, {num_classes}) (num_classes = {num_classes}), "
+                             f"got values in [{lo}, {hi}]")
+    # scatter, not F.one_hot: one_hot reads the labels' min and max back on the CPU path; scatter checks per index
+    targets = torch.zeros(y.shape[0], num_classes, dtype=dtype, device=y.device).scatter_(1, y.long()[:, None], 1.0)
     if label_smoothing > 0:
         targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
     return targets
@@ -258,7 +300,9 @@ def as_soft_targets(
 def check_label_rows(targets: Tensor, hint: str = "") -> None:
     """``ValueError`` unless soft label rows (m, c, ...) are probabilities: non-negative and summing to 1 over the
     classes (dim 1) within :data:`ROW_SUM_ATOL`. Multi-hot (multi-label) rows, which sum to more, are refused;
-    ``hint`` (a sentence) says where they are accepted."""
+    ``hint`` (a sentence) says where they are accepted. Only for rows on the host (:func:`on_host`)."""
+    if not on_host(targets):
+        return
     sums = targets.detach().float().sum(dim=1)
     bad = ~((sums - 1.0).abs() <= ROW_SUM_ATOL)  # NaN rows too
     negative = bool((targets < 0).any())
@@ -418,45 +462,45 @@ def dense_interpolate(lam: Tensor, attention: Tensor, x: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def cutmix_box(
-    spatial: Sequence[int], lam: float, *, generator: Optional[torch.Generator] = None
-) -> Tuple[Tuple[slice, ...], float]:
-    """A random box covering about 1 − λ of a 1-D or 2-D grid, and the corrected λ.
+def cutmix_mask(
+    spatial: Sequence[int], lam: Tensor, *, generator: Optional[torch.Generator] = None, device=None
+) -> Tuple[Tensor, Tensor]:
+    """A random box covering about 1 − λ of a 1-D or 2-D grid, as a mask, and the corrected λ.
 
-    The box side along each of the k spatial dims is size·(1 − λ)^{1/k}, its
+    The box side along each of the k spatial dims is ⌊size·(1 − λ)^{1/k}⌋, its
     centre uniform over the grid, clipped at the borders (Yun et al., 2019);
-    the returned λ is 1 − (box area / grid area), the true share of the
-    original example.
+    the corrected λ is 1 − (box area / grid area), the true share of the
+    original example. Computed in tensors: nothing is read back to the host.
 
     Args:
         spatial: grid size, (L,) or (H, W).
-        lam: the sampled λ in [0, 1].
+        lam: the sampled λ in [0, 1], a 0-d tensor (or a float).
+        generator: draws the box's centre; its device is used to draw.
+        device: device of the results (default: λ's when it is a tensor, else the generator's).
 
     Returns:
-        (slices, lam_corrected): one slice per spatial dim.
+        (mask, lam_corrected): bool (*spatial), True inside the box; float32 0-d.
     """
     k = len(spatial)
     if k not in (1, 2):
         raise ValueError(f"CutMix needs inputs with 1 or 2 spatial dims (m, C, L) or (m, C, H, W), got {k} spatial dims")
-    ratio = (1.0 - float(lam)) ** (1.0 / k)
-    centres = torch.rand(k, generator=generator, device=_draw_device(generator, torch.device("cpu"))).tolist()
-    slices = []
-    area = 1
-    for size, u in zip(spatial, centres):
-        cut = int(size * ratio)
-        centre = int(u * size)
-        lo, hi = max(centre - cut // 2, 0), min(centre + cut // 2, size)
-        slices.append(slice(lo, hi))
-        area *= hi - lo
-    return tuple(slices), 1.0 - area / math.prod(spatial)
-
-
-def paste_box(x: Tensor, source: Tensor, box: Tuple[slice, ...]) -> Tensor:
-    """Copy of ``x`` (m, C, *spatial) with ``box`` taken from ``source`` (same shape)."""
-    out = x.clone()
-    index = (slice(None), slice(None)) + tuple(box)
-    out[index] = source[index]
-    return out
+    if device is None and isinstance(lam, Tensor):
+        device = lam.device
+    device = _resolve_device(generator, device)
+    lam = torch.as_tensor(lam, dtype=torch.float32, device=device)
+    ratio = (1.0 - lam) ** (1.0 / k)
+    centres = torch.rand(k, generator=generator, device=_draw_device(generator, device)).to(device)
+    mask = torch.ones((), dtype=torch.bool, device=device)
+    area = torch.ones((), dtype=torch.float32, device=device)
+    for d, size in enumerate(spatial):
+        half = torch.floor(torch.floor(size * ratio) / 2)  # ⌊cut / 2⌋
+        centre = torch.floor(centres[d] * size)
+        lo, hi = (centre - half).clamp_min(0), (centre + half).clamp_max(size)
+        index = torch.arange(size, device=device, dtype=torch.float32)
+        inside = (index >= lo) & (index < hi)
+        mask = mask.unsqueeze(-1) & inside  # (*spatial[:d + 1])
+        area = area * (hi - lo)
+    return mask, 1.0 - area / math.prod(spatial)
 
 
 def mixupe_residual_term(

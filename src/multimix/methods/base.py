@@ -47,15 +47,20 @@ from .terms import LossTerm, Objective
 __all__ = ["Method", "ERM", "UNLABELLED", "unlabelled_rows"]
 
 UNLABELLED = -1  # the integer label of an unlabelled example
+HOST_STREAM = 0x686F7374  # a seed part that sets the host stream (Method.host_uniform) apart from other derived seeds
 
 
 def unlabelled_rows(y) -> Optional[Tensor]:
-    """The (m,) bool mask of the examples labelled ``UNLABELLED`` in integer labels y (m,); None when there are
-    none, or when y is soft (m, c) or not a tensor."""
+    """The (m,) bool mask of the examples labelled ``UNLABELLED`` in integer labels y (m,); None when y is soft
+    (m, c) or not a tensor, and, for y on the host (:func:`multimix.functional.on_host`), when no row is
+    unlabelled. On an accelerator the mask is returned unread (it may be all False): reading it would
+    synchronise host and device."""
     if not isinstance(y, Tensor) or y.is_floating_point() or y.dim() != 1:
         return None
     unlabelled = y == UNLABELLED
-    return unlabelled if bool(unlabelled.any()) else None
+    if MF.on_host(y) and not bool(unlabelled.any()):
+        return None
+    return unlabelled
 
 
 def derived_seed(*parts: int) -> int:
@@ -115,6 +120,7 @@ class Method(nn.Module):
         self.distill = distill
         self.objective = Objective(criterion)
         self.steps = 0  # optimiser steps taken (update() calls)
+        self.host_draws = 0  # draws of host_uniform so far
         if generator is not None:
             self.generator = generator
 
@@ -140,19 +146,33 @@ class Method(nn.Module):
             self.generator = generator
         return self.generator
 
+    def host_uniform(self, device) -> float:
+        """A uniform draw in [0, 1) made on the host, for choices that steer the step's Python code (a layer,
+        a coin).
+
+        Reading back a draw of an accelerator's generator would synchronise host
+        and device every step. This stream is counter-based instead: splitmix64
+        of the seed of :meth:`draws` (``device``) and the count of these draws,
+        kept in the method's state, so a resumed run continues it exactly.
+        """
+        seed = self.draws(device).initial_seed()  # kept on the host, even for a CUDA generator
+        self.host_draws += 1
+        return derived_seed(seed, HOST_STREAM, self.host_draws) / 2.0**63
+
     def get_extra_state(self) -> Dict[str, Any]:
-        return {"steps": self.steps}
+        return {"steps": self.steps, "host_draws": self.host_draws}
 
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, Mapping) or "steps" not in state:
             raise ValueError(f"a method's state must hold its step count ('steps'), got {brief(state)}")
         try:
             self.steps = check_int(state["steps"], "steps", 0)
+            self.host_draws = check_int(state.get("host_draws", 0), "host_draws", 0)  # absent from older checkpoints
         except TypeError as err:
             raise ValueError(str(err)) from None
 
     def __repr__(self) -> str:
-        skip = {"generator", "distill", "mix", "objective", "training", "steps"}
+        skip = {"generator", "distill", "mix", "objective", "training", "steps", "host_draws"}
         fields = {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in skip and v is not None}
         if self.distill is not None:
             fields["distill"] = self.distill
@@ -239,7 +259,8 @@ class Method(nn.Module):
             raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
         check_mixable(model)
         num_classes = self.num_classes or num_classes_of(model)
-        unlabelled = unlabelled_rows(y)
+        # without a teacher only a host read can tell (on an accelerator the one-hot scatter's assert refuses -1)
+        unlabelled = unlabelled_rows(y) if self.distill is not None or MF.on_host(y) else None
         if unlabelled is not None:
             if self.distill is None:
                 raise ValueError(f"y marks {int(unlabelled.sum())} examples unlabelled ({UNLABELLED}); their "

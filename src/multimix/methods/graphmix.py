@@ -142,9 +142,9 @@ class GraphMix(Method):
         generator = self.draws(z.device)
         head = model.head
         if self.mixer == "pairwise":
-            lam = float(MF.sample_beta(self.alpha, generator=generator))
+            lam = MF.sample_beta(self.alpha, generator=generator).to(z.device)  # 0-d: never read back
             perm = MF.random_permutation(z.shape[0], generator=generator, device=z.device)
-            return head(torch.lerp(z[perm], z, lam)), lam * targets + (1.0 - lam) * targets[perm]
+            return head(torch.lerp(z[perm], z, lam.to(z.dtype))), torch.lerp(targets[perm], targets, lam)
         m = z.shape[0]
         lam = MF.dirichlet(self.n, m, self.concentration / m, generator=generator, device=z.device)
         if isinstance(head, nn.Linear):  # Λ g(Z) = g(ΛZ) for an affine head: c columns to mix, not d
@@ -157,12 +157,11 @@ class GraphMix(Method):
         """The step's terms: ``"clean"`` (GCN step), or ``"mixed"`` and ``"unlabelled"`` (mix step), or all three."""
         unlabelled = unlabelled_rows(y)
         x_u = None
-        if unlabelled is not None:
+        if unlabelled is not None:  # boolean indexing: the step's one host read (the two parts' sizes)
             x_u, x, y = x[unlabelled.to(x.device)], x[~unlabelled.to(x.device)], y[~unlabelled]
+            x_u = x_u if x_u.shape[0] else None  # on an accelerator the mask comes unread: it may be empty
         targets = self.targets(model, x, y)
-        generator = self.draws(x.device)
-        mix_step = self.step_choice == "sum" or bool(
-            torch.rand((), generator=generator, device=generator.device) < 0.5)
+        mix_step = self.step_choice == "sum" or self.host_uniform(x.device) < 0.5  # steers the code: on the host
         terms = []
         if self.step_choice == "sum" or not mix_step:
             terms += self.terms_of("clean", model(x), targets)

@@ -31,18 +31,18 @@ class PairwiseMix(Method):
         super().__init__(**kwargs)
         self.alpha = MF.check_alpha(alpha)
 
-    def mixed_logits(self, model, x: Tensor, lam: float, perm: Tensor) -> Tuple[Tensor, float]:
-        """Logits (m, c) of the mixed batch and the λ that weighs the original example."""
+    def mixed_logits(self, model, x: Tensor, lam: Tensor, perm: Tensor) -> Tuple[Tensor, Tensor]:
+        """Logits (m, c) of the mixed batch and the λ (0-d) that weighs the original example, given λ (0-d)."""
         raise NotImplementedError
 
     def terms_and_targets(self, model, x: Tensor, y: Tensor) -> Tuple[List[LossTerm], Tensor]:
         """The mixing terms and the un-mixed soft targets (m, c) they used."""
         targets = self.targets(model, x, y)
         generator = self.draws(x.device)
-        lam = float(MF.sample_beta(self.alpha, generator=generator))
+        lam = MF.sample_beta(self.alpha, generator=generator).to(x.device)  # 0-d: never read back to the host
         perm = MF.random_permutation(x.shape[0], generator=generator, device=x.device)
         logits, lam = self.mixed_logits(model, x, lam, perm)
-        mixed_targets = lam * targets + (1.0 - lam) * targets[perm]
+        mixed_targets = torch.lerp(targets[perm], targets, lam.to(targets.dtype))
         return self.terms_of("mixed", logits, mixed_targets), targets
 
     def terms(self, model, x: Tensor, y: Tensor) -> List[LossTerm]:
@@ -61,7 +61,7 @@ class InputMixup(PairwiseMix):
 
     def mixed_logits(self, model, x, lam, perm):
         x = model.encode(x, 0, 0)
-        return model(torch.lerp(x[perm], x, lam)), lam
+        return model(torch.lerp(x[perm], x, lam.to(x.dtype))), lam
 
 
 class CutMix(PairwiseMix):
@@ -77,14 +77,15 @@ class CutMix(PairwiseMix):
     def mixed_logits(self, model, x, lam, perm):
         if x.dim() not in (3, 4):
             raise ValueError(f"CutMix needs inputs of shape (m, C, L) or (m, C, H, W), got {tuple(x.shape)}")
-        box, lam = MF.cutmix_box(x.shape[2:], lam, generator=self.draws(x.device))
-        return model(MF.paste_box(x, x[perm], box)), lam
+        box, lam = MF.cutmix_mask(x.shape[2:], lam, generator=self.draws(x.device), device=x.device)
+        return model(torch.where(box, x[perm], x)), lam
 
 
 class ManifoldMixup(PairwiseMix):
     """Manifold mixup (Verma et al., 2019): mix hidden states at a random layer.
 
-    Layer k in ``layers`` is drawn uniformly per batch; k = 0 mixes the input,
+    Layer k in ``layers`` is drawn uniformly per batch (on the host:
+    :meth:`Method.host_uniform`); k = 0 mixes the input,
     k = ``model.num_stages`` the final dense features (the embedding).
 
     The paper uses α = 2.0 on CIFAR.
@@ -108,9 +109,7 @@ class ManifoldMixup(PairwiseMix):
         if max(self.layers) > model.num_stages:
             raise ValueError(f"layers must lie in [0, {model.num_stages}] for this model "
                              f"({model.num_stages} stages), got {self.layers}")
-        generator = self.draws(x.device)
-        pick = int(torch.randint(len(self.layers), (1,), generator=generator, device=generator.device))
-        k = self.layers[pick]
+        k = self.layers[int(self.host_uniform(x.device) * len(self.layers))]  # steers the code: drawn on the host
         hidden = model.encode(x, 0, k)
-        hidden = torch.lerp(hidden[perm], hidden, lam)
+        hidden = torch.lerp(hidden[perm], hidden, lam.to(hidden.dtype))
         return model.head(model.pool(model.encode(hidden, k))), lam

@@ -7,7 +7,6 @@ tests/test_eval_families.py), with no --model flag.
 import json
 
 import pytest
-import torch
 
 from multimix.cli import main
 from multimix.engine import TrainConfig, load_trained

@@ -15,7 +15,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
-from typing import Dict, Set, Tuple
+from typing import Set, Tuple
 
 import numpy as np
 import pytest

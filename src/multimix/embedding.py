@@ -7,7 +7,7 @@ use in your own training loop. The trainer-facing methods in
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional, get_args
+from typing import Callable, Literal, Optional, Tuple, get_args
 
 import torch
 from torch import Tensor, nn
@@ -159,21 +159,26 @@ class MultiMix:
             MF.check_interpolation_matrix(lam, m)
         return targets, lam.to(z.device)
 
-    def _is_affine(self, head) -> bool:
+    def is_affine(self, head) -> bool:
+        """Whether the affine shortcut g(ΛZ) = Λ g(Z) applies to ``head``: ``affine``, else ``nn.Linear``."""
         return isinstance(head, nn.Linear) if self.affine is None else bool(self.affine)
 
     # -- the loss --------------------------------------------------------------------------
 
-    def _mixed_loss(self, z: Tensor, targets: Tensor, head, lam: Tensor, logits: Optional[Tensor] = None) -> Tensor:
-        """mean_k CE(g(λ_k Z), λ_k Y) for z (m, d), targets (m, c); ``logits`` = g(Z) when already computed."""
-        if self._is_affine(head):
+    def mixed(self, z: Tensor, targets: Tensor, head, lam: Tensor, logits: Optional[Tensor] = None
+              ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """(mixed logits (n, c), mixed targets ΛY (n, c), g(Z) (m, c) or None when not computed) of z (m, d) and
+        targets Y (m, c) under Λ (n, m); ``logits`` = g(Z) when already computed.
+
+        Affine head: Λ g(Z), and one (n, m) × (m, 2c) product for logits and
+        targets together reads Λ (n·m floats) once. Otherwise g(ΛZ).
+        """
+        if self.is_affine(head):
             logits = head(z) if logits is None else logits
-            # Λ g(Z) = g(ΛZ); one product for logits and targets reads Λ (n·m floats) once
             c, work = logits.shape[1], torch.promote_types(logits.dtype, targets.dtype)
             mixed = MF.interpolate(lam, torch.cat([logits.to(work), targets.to(work)], dim=1))
-            return MF.soft_cross_entropy(mixed[:, :c], mixed[:, c:])
-        mixed_logits = head(MF.interpolate(lam, z).to(z.dtype))  # g(ΛZ): (n, c)
-        return MF.soft_cross_entropy(mixed_logits, MF.interpolate(lam, targets))
+            return mixed[:, :c], mixed[:, c:], logits
+        return head(MF.interpolate(lam, z).to(z.dtype)), MF.interpolate(lam, targets), logits
 
     def __call__(self, z: Tensor, y: Tensor, head: Callable[[Tensor], Tensor], lam: Optional[Tensor] = None) -> Tensor:
         if isinstance(z, Tensor) and z.dim() != 2:
@@ -182,9 +187,9 @@ class MultiMix:
         targets, lam = self._prepare(z, y, head, lam)
         if targets.dim() != 2:
             raise ValueError(f"soft targets y must have shape (m, c) for MultiMix, got {tuple(targets.shape)}")
-        need_clean_logits = self.clean_weight > 0 or self._is_affine(head)
-        logits = head(z) if need_clean_logits else None
-        loss = self._mixed_loss(z, targets, head, lam, logits)
+        logits = head(z) if self.clean_weight > 0 else None
+        mixed_logits, mixed_targets, logits = self.mixed(z, targets, head, lam, logits)
+        loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
         if self.clean_weight > 0:
             loss = loss + self.clean_weight * MF.soft_cross_entropy(logits, targets)
         return loss
@@ -280,12 +285,12 @@ class DenseMultiMix(MultiMix):
             targets = targets.flatten(2)  # (m, c, r)
         attention = self.attention_map(zf, targets, head)  # (m, r)
         position_targets = targets if targets.dim() > 2 else targets.unsqueeze(2).expand(-1, -1, zf.shape[2])
-        need_clean_logits = self.clean_weight > 0 or self._is_affine(head)
+        need_clean_logits = self.clean_weight > 0 or self.is_affine(head)
         logits = MF.apply_per_position(head, zf) if need_clean_logits else None  # (m, c, r)
         # The weights w (n, m, r) are never built: each mix is one (n, m) × (m, c·r) product. Targets and
         # logits are mixed apart so that the backward product covers the logits only.
         mixed_targets = MF.dense_interpolate(lam, attention, position_targets)  # (n, r, c)
-        if self._is_affine(head):
+        if self.is_affine(head):
             mixed_logits = MF.dense_interpolate(lam, attention, logits.float())  # (n, r, c)
         else:
             mixed_logits = head(MF.dense_interpolate(lam, attention, zf.float()).to(z.dtype))  # (n, r, c)
@@ -304,6 +309,6 @@ class DenseMultiMix(MultiMix):
             # An affine head commutes with the mean over positions: g(mean_j z_j) = mean_j g(z_j).
             pooled_logits = logits.mean(dim=2) if logits is not None else None
             pooled_targets = targets if targets.dim() == 2 else targets.mean(dim=2)
-            loss = loss + self.pooled_weight * self._mixed_loss(zf.mean(dim=2), pooled_targets, head, lam,
-                                                                pooled_logits)
+            mixed_logits, mixed_targets, _ = self.mixed(zf.mean(dim=2), pooled_targets, head, lam, pooled_logits)
+            loss = loss + self.pooled_weight * MF.soft_cross_entropy(mixed_logits, mixed_targets)
         return loss

@@ -22,7 +22,6 @@ from contextvars import ContextVar
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_choice, check_label_smoothing, check_positive, check_positive_int

@@ -37,13 +37,14 @@ code); without any, a mix step has no unlabelled part.
 from __future__ import annotations
 
 import math
-from typing import List, Literal, Optional, Tuple, get_args
+from typing import List, Literal, Tuple, get_args
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import functional as MF
 from ..checks import check_choice, check_int, check_number
+from ..embedding import MultiMix
 from ..losses import softmax_bce
 from .base import Method, unlabelled_rows
 from .terms import LossTerm
@@ -109,6 +110,7 @@ class GraphMix(Method):
             raise ValueError(f"ramp_end ({self.ramp_end}) must be >= ramp_start ({self.ramp_start})")
         self.predictions = check_int(predictions, "predictions", 1)
         self.temperature = MF.check_alpha(temperature, "temperature")
+        self.mix = MultiMix(self.n, concentration=self.concentration, clean_weight=0.0)  # the multimix mixer's arithmetic
 
     @property
     def unlabelled_fraction(self) -> float:
@@ -147,11 +149,8 @@ class GraphMix(Method):
             return head(torch.lerp(z[perm], z, lam.to(z.dtype))), torch.lerp(targets[perm], targets, lam)
         m = z.shape[0]
         lam = MF.dirichlet(self.n, m, self.concentration / m, generator=generator, device=z.device)
-        if isinstance(head, nn.Linear):  # Λ g(Z) = g(ΛZ) for an affine head: c columns to mix, not d
-            logits = MF.interpolate(lam, head(z))
-        else:
-            logits = head(MF.interpolate(lam, z).to(z.dtype))
-        return logits, MF.interpolate(lam, targets.float())
+        logits, mixed_targets, _ = self.mix.mixed(z, targets.float(), head, lam)  # Λ g(Z) or g(ΛZ), and ΛY
+        return logits, mixed_targets
 
     def terms(self, model, x: Tensor, y: Tensor) -> List[LossTerm]:
         """The step's terms: ``"clean"`` (GCN step), or ``"mixed"`` and ``"unlabelled"`` (mix step), or all three."""

@@ -12,7 +12,7 @@ import warnings
 from typing import Any, Dict, List, Literal, Optional, Tuple, get_args
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import distributed as D
 from .. import functional as MF
@@ -27,24 +27,6 @@ __all__ = ["MultiMixMethod", "DenseMultiMixMethod", "MIX_SCOPES"]
 
 MixScope = Literal["local", "global"]
 MIX_SCOPES = get_args(MixScope)
-
-
-def is_affine(mix: MultiMix, head) -> bool:
-    """Whether ``mix`` uses the affine shortcut g(ΛZ) = Λ g(Z) with this head (its ``affine``, else nn.Linear)."""
-    return isinstance(head, nn.Linear) if mix.affine is None else bool(mix.affine)
-
-
-def mix_pooled(mix: MultiMix, z: Tensor, targets: Tensor, head, lam: Tensor, logits: Optional[Tensor] = None
-               ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """MultiMix of z (m, d) and targets (m, c) under Λ (n, m): (mixed logits Λ g(Z) or g(ΛZ) (n, c), mixed targets
-    ΛY, g(Z) or None when not computed); ``logits`` = g(Z) when already computed."""
-    mixed_targets = MF.interpolate(lam, targets)  # (n, c)
-    if is_affine(mix, head):
-        logits = head(z) if logits is None else logits
-        mixed_logits = MF.interpolate(lam, logits)  # Λ g(Z) = g(ΛZ): (n, c)
-    else:
-        mixed_logits = head(MF.interpolate(lam, z).to(z.dtype))  # g(ΛZ): (n, c)
-    return mixed_logits, mixed_targets, logits
 
 
 class MultiMixMethod(Method):
@@ -121,8 +103,8 @@ class MultiMixMethod(Method):
             raise ValueError(f"model.pool must give embeddings (m, d), got {tuple(z.shape)}")
         lam = self.sample_lam(z.shape[0], z.device)
         head = model.head
-        logits = head(z) if self.mix.clean_weight > 0 or is_affine(self.mix, head) else None
-        mixed_logits, mixed_targets, logits = mix_pooled(self.mix, z, targets, head, lam, logits)
+        logits = head(z) if self.mix.clean_weight > 0 else None
+        mixed_logits, mixed_targets, logits = self.mix.mixed(z, targets, head, lam, logits)
         terms = self.terms_of("mixed", mixed_logits, mixed_targets)
         if self.mix.clean_weight > 0:
             terms += self.terms_of("clean", logits, targets, self.mix.clean_weight)
@@ -164,7 +146,7 @@ class DenseMultiMixMethod(MultiMixMethod):
             targets = targets.flatten(2)  # (m, c, r)
             if targets.shape[2] != r:
                 raise ValueError(f"per-position soft targets must have {r} positions, got {tuple(targets.shape)}")
-        affine = is_affine(mix, head)
+        affine = mix.is_affine(head)
         attention = mix.attention_map(zf, self.blend(targets), head)  # (m, r)
         position_targets = targets if targets.dim() > 2 else targets.unsqueeze(2).expand(-1, -1, r)
         logits = MF.apply_per_position(head, zf) if mix.clean_weight > 0 or affine else None  # (m, c, r)
@@ -195,7 +177,7 @@ class DenseMultiMixMethod(MultiMixMethod):
             else:
                 z = model.pool(features)  # the model's own pooling (a ViT's class token)
                 pooled_logits = head(z) if affine else None
-            mixed_logits, mixed_targets, _ = mix_pooled(mix, z, pooled_targets, head, lam, pooled_logits)
+            mixed_logits, mixed_targets, _ = mix.mixed(z, pooled_targets, head, lam, pooled_logits)
             terms += [term.scaled(mix.pooled_weight) for term in self.terms_of("pooled", mixed_logits, mixed_targets)]
         return terms
 

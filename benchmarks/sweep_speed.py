@@ -46,7 +46,9 @@ def timed(command, env) -> float:
 
 
 def accuracies(out: Path) -> dict:
-    return {p.stem: json.loads(p.read_text())["result"]["test_accuracy"] for p in (out / "runs").glob("*.json")}
+    """Each record's accuracies: test (test seeds) or validation (tuning candidates)."""
+    return {p.stem: {k: v for k, v in json.loads(p.read_text())["result"].items() if k.endswith("accuracy")}
+            for p in (out / "runs").glob("*.json")}
 
 
 def main(argv) -> None:

@@ -103,3 +103,18 @@ def test_manifold_mixup_picks_each_layer_equally_often(tiny_model):
     counts = [picked.count(k) for k in (0, 1, 2)]
     assert sum(counts) == 600
     assert stats.chisquare(counts).pvalue > 1e-3, counts
+
+
+def test_the_embedding_level_losses_with_a_given_lam_never_read_back(monkeypatch):
+    """MultiMix and DenseMultiMix called with a user's Λ: its shape is checked, its values only on the host."""
+    g = torch.Generator().manual_seed(0)
+    z, dense = torch.randn(6, 5, generator=g), torch.randn(6, 5, 3, generator=g)
+    y, head = torch.tensor([0, 1, 2, 0, 1, 2]), torch.nn.Linear(5, 3)
+    lam = MF.dirichlet(16, 6, 0.5, generator=g)
+    for mix, features in ((multimix.MultiMix(n=16), z), (multimix.DenseMultiMix(n=16), dense)):
+        with SyncCounter(monkeypatch) as counter, MF.device_generic():
+            loss = mix(features, y, head, lam=lam)
+        assert counter.calls == []
+        torch.testing.assert_close(loss, mix(features, y, head, lam=lam))
+    with MF.device_generic(), pytest.raises(ValueError, match="shape"):
+        multimix.MultiMix(n=16)(z, y, head, lam=lam[:, :5])

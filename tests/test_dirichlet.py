@@ -205,3 +205,27 @@ def test_backend_without_a_gamma_kernel_falls_back_to_the_cpu_sampler(monkeypatc
     assert torch.equal(a, b) and torch.isfinite(a).all()
     torch.testing.assert_close(a.sum(1), torch.ones(2000, dtype=torch.float64))
     assert abs(moment_z_scores(a.numpy(), 0.4)[0]) < 5
+
+
+@pytest.mark.parametrize("alpha", [0.05, 1.0, 3.0])
+def test_a_zero_random_word_is_drawn_again(monkeypatch, alpha):
+    """A zero word (U = 0, log U = −inf; p = 2^-32 per entry) is replaced, never turned into inf or NaN."""
+
+    sfc64 = np.random.SFC64
+
+    class ZeroFirstWords:
+        def __init__(self, seed):
+            self.bits, self.first = sfc64(seed), True
+
+        def random_raw(self, size):
+            raw = self.bits.random_raw(size)
+            if self.first:
+                raw[:6] = 0  # twelve zero 32-bit words at the start of the first block
+                self.first = False
+            return raw
+
+    monkeypatch.setattr(sampling.np.random, "SFC64", ZeroFirstWords)
+    lam = MF.dirichlet(64, 16, alpha, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(lam).all() and (lam >= 0).all()
+    torch.testing.assert_close(lam.sum(1), torch.ones(64))
+    assert (lam[0] > 0).sum() >= (2 if alpha >= 1 else 1)  # the first row is a real draw, not a zero-word artefact

@@ -8,7 +8,7 @@ Public through :func:`multimix.functional.dirichlet`. Two exact routes:
   produced block by block (a few hundred rows at a time, so every pass runs
   in cache) with a handful of in-place tensor passes:
 
-  - α = 1: exponentials −log U, normalised;
+  - α = 1: exponentials −log U, normalised (as log U over its row sum);
   - α < 1: log Gamma(α) through an exponential proposal for Gamma(1 + α),
     see :func:`_log_gamma_small`; ≥ 68% acceptance, ≥ 99% for α ≤ 0.01;
   - α > 1: Marsaglia & Tsang (2000) with Box–Muller normals (≥ 95%).
@@ -50,6 +50,7 @@ DIRICHLET_METHODS = ("auto", "torch")
 BLOCK_ENTRIES = 1 << 17  # entries per block on the CPU: the block's scratch (≈ 2 MB) stays in cache
 PIECE_WORDS = 1 << 13  # 64-bit words per numpy draw (64 KB: recycled by malloc, no page faults)
 SPARE_SIGMAS = 4.0  # spare candidates per block: expected rejections plus this many standard deviations
+NONE_REJECTED = np.empty(0, dtype=np.intp)
 
 
 def dirichlet_rows(rows: int, m: int, alpha: float, *, generator: Optional[torch.Generator], device: torch.device,
@@ -134,7 +135,7 @@ class _CpuDirichlet:
     """One call's CPU sampling: the bit stream and the work arrays.
 
     ``candidates(out)`` fills ``out`` (k,) with k candidates (log-weights up to
-    a constant when ``log_space``, else weights) and returns the sorted indices
+    a constant when ``log_space``, else weights, negated at α = 1) and returns the sorted indices
     of the rejected ones.
     """
 
@@ -201,10 +202,12 @@ class _CpuDirichlet:
     # -- candidates: fill `out`, return the sorted indices of the rejected entries -------------
 
     def _exponential(self, out: Tensor) -> np.ndarray:
-        """α = 1: weights E = −log U, exact without rejection."""
-        count = out.numel()
-        torch.neg(self._log_uniforms(self.scratch[0][:count]), out=out)
-        return np.flatnonzero(np.isinf(out.numpy()))  # the zero word (p = 2^-32): E = +inf, drawn again
+        """α = 1: weights E = −log U, exact without rejection, kept as log U = −E ≤ 0 (the row normalisation
+        divides by the row sum, so the sign cancels and no pass negates them)."""
+        self._log_uniforms(out)
+        if math.isinf(float(out.sum())):  # a zero word (p = 2^-32 per entry): log U = −inf, drawn again
+            return np.flatnonzero(np.isinf(out.numpy()))
+        return NONE_REJECTED
 
     def _log_gamma_small(self, out: Tensor) -> np.ndarray:
         """α < 1: log Gamma(α) up to a constant, s = E − W/α, from two exponentials E, W per candidate.

@@ -1,5 +1,8 @@
 """A test helper: counts the calls that would synchronise host and device on CUDA."""
 
+import sys
+
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -19,24 +22,34 @@ class SyncCounter(TorchDispatchMode):
 
     NAMES = ("item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch=None):
         super().__init__()
         self.calls = []
-        self.monkeypatch = monkeypatch
+        self.sites = []  # per call: (file name, function) of the innermost frame in multimix or torch.utils.data
+        self.monkeypatch = pytest.MonkeyPatch()  # its own: leaving the block undoes only these patches
+
+    def record(self, name):
+        self.calls.append(name)
+        frame = sys._getframe(1)
+        while frame is not None and not any(part in frame.f_code.co_filename
+                                            for part in ("/multimix/", "/torch/utils/data/")):
+            frame = frame.f_back
+        self.sites.append(None if frame is None else (frame.f_code.co_filename.rsplit("/", 1)[-1],
+                                                      frame.f_code.co_name))
 
     def patch(self):
         for name in self.NAMES:
             original = getattr(torch.Tensor, name)
 
             def counted(tensor, *args, _name=name, _original=original, **kwargs):
-                self.calls.append(_name)
+                self.record(_name)
                 return _original(tensor, *args, **kwargs)
 
             self.monkeypatch.setattr(torch.Tensor, name, counted)
         for name in ("nonzero", "count_nonzero", "unique", "masked_select"):
             original = getattr(torch, name)
             self.monkeypatch.setattr(torch, name, lambda *a, _name=name, _original=original, **k: (
-                self.calls.append(_name), _original(*a, **k))[1])
+                self.record(_name), _original(*a, **k))[1])
 
     def __enter__(self):
         self.patch()
@@ -49,8 +62,8 @@ class SyncCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func)
         if name.startswith(READING_OPS):
-            self.calls.append(name)
+            self.record(name)
         elif name.startswith(("aten.index.Tensor", "aten.index_put")) and any(
                 isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None):
-            self.calls.append(name + " (boolean mask)")
+            self.record(name + " (boolean mask)")
         return func(*args, **(kwargs or {}))

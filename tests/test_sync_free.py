@@ -1,6 +1,8 @@
 """No method's training step reads a value back to the host: the code path used off the CPU, forced on the CPU
 (``multimix.functional.device_generic``), makes no call that would synchronise a GPU."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -118,3 +120,65 @@ def test_the_embedding_level_losses_with_a_given_lam_never_read_back(monkeypatch
         torch.testing.assert_close(loss, mix(features, y, head, lam=lam))
     with MF.device_generic(), pytest.raises(ValueError, match="shape"):
         multimix.MultiMix(n=16)(z, y, head, lam=lam[:, :5])
+
+
+# ------------------------------------------------------------------ our Trainer's step loop
+
+
+def trainer_reads(monkeypatch, tmp_path, tiny, name, device_path, **kw):
+    """(reads made by the Trainer's own step loop during a run, the run's summary, its final model state)."""
+    from multimix.engine import Trainer
+
+    config = tiny(tmp_path, out_dir=str(tmp_path / name), method="erm", batch_size=32, checkpoint=False, **kw)
+    trainer = Trainer(config).prepare()
+    try:
+        with SyncCounter(monkeypatch) as counter, (MF.device_generic() if device_path else contextlib.nullcontext()):
+            row = trainer.train_epoch(0)
+    finally:
+        trainer.close()
+    own = [call for call, site in zip(counter.calls, counter.sites)
+           if site is not None and site[0] == "trainer.py" and site[1] in ("train_epoch", "read_loss")]
+    return own, row, {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_the_trainer_reads_the_loss_every_k_steps_on_an_accelerator(monkeypatch, tmp_path, tiny):
+    """6 steps: on the host the loss is read each step; on the accelerator path every 4 steps and at the end
+    (2 reads); the same model and, to float32 rounding, the same mean loss."""
+    import multimix.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "LOSS_READ_EVERY", 4)
+    host, host_row, host_state = trainer_reads(monkeypatch, tmp_path, tiny, "host", False)
+    device, device_row, device_state = trainer_reads(monkeypatch, tmp_path, tiny, "device", True)
+    assert len(host) == 6 * 2  # float(loss): the Python read and its aten op, each step
+    assert len(device) == 2 * 2
+    for key, value in host_state.items():
+        assert torch.equal(value, device_state[key]), key
+    assert device_row["train_loss"] == pytest.approx(host_row["train_loss"], rel=1e-5)
+
+
+def test_a_nan_loss_on_the_accelerator_path_stops_naming_its_steps(monkeypatch, tmp_path, tiny):
+    import multimix.engine.trainer as trainer_module
+    from multimix.engine import NonFiniteLossError, Trainer
+
+    monkeypatch.setattr(trainer_module, "LOSS_READ_EVERY", 4)
+    trainer = Trainer(tiny(tmp_path, method="erm", batch_size=32, checkpoint=False)).prepare()
+    calls = []
+
+    class Poisoned:  # the real method, whose second loss is NaN
+        def __init__(self, method):
+            self.method = method
+
+        def __getattr__(self, name):
+            return getattr(self.method, name)
+
+        def __call__(self, model, x, y):
+            calls.append(1)
+            return self.method(model, x, y) * (float("nan") if len(calls) == 2 else 1.0)
+
+    trainer.method = Poisoned(trainer.method)
+    try:
+        with MF.device_generic(), pytest.raises(NonFiniteLossError, match=r"at epoch 1, one of steps 1-4; stopped"):
+            trainer.train_epoch(0)
+    finally:
+        trainer.close()
+    assert len(calls) == 4  # read at the 4th step, not later

@@ -25,6 +25,7 @@ trainer names none of its settings. Building is in :mod:`.build`, the resume ide
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -34,6 +35,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from .. import distributed as D
+from .. import functional as MF
 from ..methods import UNLABELLED, Method, create_method
 from . import distributed as ED
 from .budget import check_memory
@@ -53,6 +55,11 @@ __all__ = ["Trainer", "train", "NonFiniteLossError"]
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+# On an accelerator the epoch's loss is summed on the device and read back every this many steps (and at the end):
+# reading it each step would make the host wait for the device at every step.
+LOSS_READ_EVERY = 50
 
 
 # One training per process: a run draws from torch's global RNG (initialisation, dropout), which threads share, so
@@ -175,6 +182,7 @@ class Trainer:
         self.model.train()
         bar = ProgressBar(len(loader), config.progress and procs.main, f"epoch {epoch + 1}/{config.epochs}")
         start, loss_sum, seen = time.perf_counter(), 0.0, 0
+        device_sum, first_unread = None, 0  # the loss summed on the device since the last read (accelerators)
         with stop_signals_blocked():  # the workers start here: a signal to the process group must not end them
             batches = iter(loader)
         try:
@@ -184,27 +192,43 @@ class Trainer:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                     loss = self.step_module(x, y) if procs.distributed else self.method(self.model, x, y)
                 # The mean over ranks: the same value (and the same decision to stop) on every rank.
-                logged = D.mean_across_ranks(loss.detach().float()) if procs.distributed else loss
-                if not torch.isfinite(logged):
-                    where = " on at least one process" if procs.distributed else ""
-                    kept = (f"The last good checkpoint ({self.checkpoint_path}, epoch {epoch}) is kept."
-                            if config.checkpoint and epoch > 0 else "No checkpoint was written.")
-                    raise NonFiniteLossError(f"loss became {logged.item()}{where} at epoch {epoch + 1}, step "
-                                             f"{step + 1}; stopped. {kept} Try a lower --lr.")
+                logged = D.mean_across_ranks(loss.detach().float()) if procs.distributed else loss.detach().float()
+                on_host = MF.on_host(logged)
+                if on_host:  # read now: a non-finite loss stops before its update
+                    loss_sum += self.read_loss(logged, x.shape[0], epoch, step, step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 self.scheduler.step()
                 self.check_stop()
-                loss_sum += logged.item() * x.shape[0]
                 seen += x.shape[0]
+                if not on_host:
+                    device_sum = logged * x.shape[0] if device_sum is None else device_sum + logged * x.shape[0]
+                    if (step + 1) % LOSS_READ_EVERY == 0:
+                        loss_sum += self.read_loss(device_sum, 1, epoch, first_unread, step)
+                        device_sum, first_unread = None, step + 1
                 bar.step(loss=f"{loss_sum / seen:.4f}",
                          ex_s=f"{procs.world * seen / (time.perf_counter() - start):.0f}")
+            if device_sum is not None:
+                loss_sum += self.read_loss(device_sum, 1, epoch, first_unread, step)
         finally:
             bar.close()
         elapsed = time.perf_counter() - start
         return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "lr": self.scheduler.get_last_lr()[0],
                 "epoch_time_s": elapsed, "examples_per_s": procs.world * seen / elapsed}
+
+    def read_loss(self, total: torch.Tensor, count: int, epoch: int, first: int, last: int) -> float:
+        """``count`` × the loss ``total`` (0-d) read back as a float; :class:`NonFiniteLossError` when it is NaN or
+        infinite, naming the steps ``first``..``last`` (0-based) whose losses it sums."""
+        value = float(total)
+        if not math.isfinite(value):
+            where = " on at least one process" if self.procs.distributed else ""
+            steps = f"step {last + 1}" if first == last else f"one of steps {first + 1}-{last + 1}"
+            kept = (f"The last good checkpoint ({self.checkpoint_path}, epoch {epoch}) is kept."
+                    if self.config.checkpoint and epoch > 0 else "No checkpoint was written.")
+            raise NonFiniteLossError(f"loss became {value}{where} at epoch {epoch + 1}, {steps}; stopped. {kept} "
+                                     "Try a lower --lr.")
+        return value * count
 
     def with_unlabelled(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(x, y) with ``unlabelled_batch`` random unlabelled inputs appended (label ``UNLABELLED``), as many as the

@@ -182,3 +182,29 @@ def test_a_nan_loss_on_the_accelerator_path_stops_naming_its_steps(monkeypatch, 
     finally:
         trainer.close()
     assert len(calls) == 4  # read at the 4th step, not later
+
+
+def test_ranks_on_accelerators_agree_on_a_stop_every_k_steps(monkeypatch):
+    """The stop agreement of a distributed job (a collective read back) runs each step over gloo on the CPU and
+    every LOSS_READ_EVERY steps when the collective runs on an accelerator; every rank skips the same steps."""
+    import signal
+    from types import SimpleNamespace
+
+    import multimix.distributed as D
+    import multimix.engine.trainer as trainer_module
+    from multimix.engine.signals import Interrupted
+
+    reads = []
+    monkeypatch.setattr(D, "sum_across_ranks", lambda value: (reads.append(value), value)[1])
+    fake = SimpleNamespace(stop=SimpleNamespace(signum=signal.SIGTERM), procs=SimpleNamespace(distributed=True))
+    for device, first_read in (("cpu", 0), ("meta", trainer_module.LOSS_READ_EVERY - 1)):
+        monkeypatch.setattr(D, "comm_device", lambda device=device: torch.device(device))
+        reads.clear()
+        for step in range(first_read):
+            trainer_module.Trainer.check_stop(fake, step)  # no collective, no stop yet
+        assert reads == []
+        with pytest.raises(Interrupted):
+            trainer_module.Trainer.check_stop(fake, first_read)
+        assert reads == [float(signal.SIGTERM)]
+        with pytest.raises(Interrupted):  # outside the step loop (epoch ends, set-up): always
+            trainer_module.Trainer.check_stop(fake)

@@ -57,8 +57,9 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-# On an accelerator the epoch's loss is summed on the device and read back every this many steps (and at the end):
-# reading it each step would make the host wait for the device at every step.
+# On an accelerator the epoch's loss is summed on the device and read back every this many steps (and at the end),
+# and the ranks of a distributed job agree on a stop request as often: a read each step would make the host wait
+# for the device at every step.
 LOSS_READ_EVERY = 50
 
 
@@ -200,7 +201,7 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
                 self.scheduler.step()
-                self.check_stop()
+                self.check_stop(step)
                 seen += x.shape[0]
                 if not on_host:
                     device_sum = logged * x.shape[0] if device_sum is None else device_sum + logged * x.shape[0]
@@ -386,10 +387,17 @@ class Trainer:
             D.barrier()  # no process exits (and gets its peers stopped by torchrun) before rank 0 has written
         return summary
 
-    def check_stop(self) -> None:
-        """Raise :class:`Interrupted` when SIGINT/SIGTERM arrived (on any process: all stop at the same step)."""
+    def check_stop(self, step: Optional[int] = None) -> None:
+        """Raise :class:`Interrupted` when SIGINT/SIGTERM arrived (on any process: all stop at the same step).
+
+        In a distributed job the ranks agree through a collective whose result is read back; when it runs on an
+        accelerator (NCCL), the training loop asks (``step``: the epoch's 0-based step) only every
+        ``LOSS_READ_EVERY`` steps, so that a step never waits for the device.
+        """
         requested = self.stop.signum or 0
         if self.procs.distributed:
+            if step is not None and (step + 1) % LOSS_READ_EVERY and D.comm_device().type != "cpu":
+                return
             requested = int(D.sum_across_ranks(float(requested)) > 0) * (requested or signal.SIGTERM)
         if requested:
             raise Interrupted(requested)

@@ -12,7 +12,7 @@ READING_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select",
 
 
 class SyncCounter(TorchDispatchMode):
-    """Records, while active (``with SyncCounter(monkeypatch) as counter:``), every call that waits for a device:
+    """Records, while active (``with SyncCounter() as counter:``), every call that waits for a device:
 
     * Python-level reads (``Tensor.item``, ``tolist``, ``numpy``, ``bool``/``int``/``float``/``index`` of a
       tensor, ``torch.nonzero`` and friends), patched on ``torch.Tensor``;
@@ -22,7 +22,7 @@ class SyncCounter(TorchDispatchMode):
 
     NAMES = ("item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
 
-    def __init__(self, monkeypatch=None):
+    def __init__(self):
         super().__init__()
         self.calls = []
         self.sites = []  # per call: (file name, function) of the innermost frame in multimix or torch.utils.data

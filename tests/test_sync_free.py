@@ -34,19 +34,19 @@ def one_step(method, model, x, y):
 
 @pytest.mark.parametrize("distill", [False, True], ids=["plain", "distill"])
 @pytest.mark.parametrize("name", ALL)
-def test_a_step_never_reads_back(monkeypatch, name, distill, tiny_model, tiny_batch):
+def test_a_step_never_reads_back(name, distill, tiny_model, tiny_batch):
     """One step of every method; GraphMix's only reads are the three boolean-mask indexings of its split."""
     x, y = tiny_batch
     kw = {"distill": multimix.SelfDistillation(tiny_model, warmup_steps=0)} if distill else {}
     method = make(name, **kw)
     one_step(method, tiny_model, x, y)  # first use: lazy set-up may read once, like a CUDA context
-    with SyncCounter(monkeypatch) as counter, MF.device_generic():
+    with SyncCounter() as counter, MF.device_generic():
         loss = one_step(method, tiny_model, x, y)
     assert counter.calls == (["aten.index.Tensor (boolean mask)"] * 3 if name in SPLITS else [])
     assert torch.isfinite(loss)
 
 
-def test_soft_labels_and_unlabelled_rows_never_read_back(monkeypatch, tiny_model, tiny_batch):
+def test_soft_labels_and_unlabelled_rows_never_read_back(tiny_model, tiny_batch):
     """Soft label rows and rows marked unlabelled (teacher targets) also take no host read."""
     x, y = tiny_batch
     soft = torch.softmax(torch.randn(8, 4, generator=torch.Generator().manual_seed(2)), dim=1)
@@ -55,7 +55,7 @@ def test_soft_labels_and_unlabelled_rows_never_read_back(monkeypatch, tiny_model
     method = make("multimix", distill=multimix.SelfDistillation(tiny_model, warmup_steps=0))
     for labels in (soft, semi):
         one_step(method, tiny_model, x, labels)
-        with SyncCounter(monkeypatch) as counter, MF.device_generic():
+        with SyncCounter() as counter, MF.device_generic():
             one_step(method, tiny_model, x, labels)
         assert counter.calls == []
 
@@ -107,14 +107,14 @@ def test_manifold_mixup_picks_each_layer_equally_often(tiny_model):
     assert stats.chisquare(counts).pvalue > 1e-3, counts
 
 
-def test_the_embedding_level_losses_with_a_given_lam_never_read_back(monkeypatch):
+def test_the_embedding_level_losses_with_a_given_lam_never_read_back():
     """MultiMix and DenseMultiMix called with a user's Λ: its shape is checked, its values only on the host."""
     g = torch.Generator().manual_seed(0)
     z, dense = torch.randn(6, 5, generator=g), torch.randn(6, 5, 3, generator=g)
     y, head = torch.tensor([0, 1, 2, 0, 1, 2]), torch.nn.Linear(5, 3)
     lam = MF.dirichlet(16, 6, 0.5, generator=g)
     for mix, features in ((multimix.MultiMix(n=16), z), (multimix.DenseMultiMix(n=16), dense)):
-        with SyncCounter(monkeypatch) as counter, MF.device_generic():
+        with SyncCounter() as counter, MF.device_generic():
             loss = mix(features, y, head, lam=lam)
         assert counter.calls == []
         torch.testing.assert_close(loss, mix(features, y, head, lam=lam))
@@ -125,14 +125,14 @@ def test_the_embedding_level_losses_with_a_given_lam_never_read_back(monkeypatch
 # ------------------------------------------------------------------ our Trainer's step loop
 
 
-def trainer_reads(monkeypatch, tmp_path, tiny, name, device_path, **kw):
+def trainer_reads(tmp_path, tiny, name, device_path, **kw):
     """(reads made by the Trainer's own step loop during a run, the run's summary, its final model state)."""
     from multimix.engine import Trainer
 
     config = tiny(tmp_path, out_dir=str(tmp_path / name), method="erm", batch_size=32, checkpoint=False, **kw)
     trainer = Trainer(config).prepare()
     try:
-        with SyncCounter(monkeypatch) as counter, (MF.device_generic() if device_path else contextlib.nullcontext()):
+        with SyncCounter() as counter, (MF.device_generic() if device_path else contextlib.nullcontext()):
             row = trainer.train_epoch(0)
     finally:
         trainer.close()
@@ -146,9 +146,9 @@ def test_the_trainer_reads_the_loss_every_k_steps_on_an_accelerator(monkeypatch,
     (2 reads); the same model and, to float32 rounding, the same mean loss."""
     import multimix.engine.trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "LOSS_READ_EVERY", 4)
-    host, host_row, host_state = trainer_reads(monkeypatch, tmp_path, tiny, "host", False)
-    device, device_row, device_state = trainer_reads(monkeypatch, tmp_path, tiny, "device", True)
+    monkeypatch.setattr(trainer_module, "HOST_READ_EVERY", 4)
+    host, host_row, host_state = trainer_reads(tmp_path, tiny, "host", False)
+    device, device_row, device_state = trainer_reads(tmp_path, tiny, "device", True)
     assert len(host) == 6 * 2  # float(loss): the Python read and its aten op, each step
     assert len(device) == 2 * 2
     for key, value in host_state.items():
@@ -160,7 +160,7 @@ def test_a_nan_loss_on_the_accelerator_path_stops_naming_its_steps(monkeypatch, 
     import multimix.engine.trainer as trainer_module
     from multimix.engine import NonFiniteLossError, Trainer
 
-    monkeypatch.setattr(trainer_module, "LOSS_READ_EVERY", 4)
+    monkeypatch.setattr(trainer_module, "HOST_READ_EVERY", 4)
     trainer = Trainer(tiny(tmp_path, method="erm", batch_size=32, checkpoint=False)).prepare()
     calls = []
 
@@ -186,7 +186,7 @@ def test_a_nan_loss_on_the_accelerator_path_stops_naming_its_steps(monkeypatch, 
 
 def test_ranks_on_accelerators_agree_on_a_stop_every_k_steps(monkeypatch):
     """The stop agreement of a distributed job (a collective read back) runs each step over gloo on the CPU and
-    every LOSS_READ_EVERY steps when the collective runs on an accelerator; every rank skips the same steps."""
+    every HOST_READ_EVERY steps when the collective runs on an accelerator; every rank skips the same steps."""
     import signal
     from types import SimpleNamespace
 
@@ -197,7 +197,7 @@ def test_ranks_on_accelerators_agree_on_a_stop_every_k_steps(monkeypatch):
     reads = []
     monkeypatch.setattr(D, "sum_across_ranks", lambda value: (reads.append(value), value)[1])
     fake = SimpleNamespace(stop=SimpleNamespace(signum=signal.SIGTERM), procs=SimpleNamespace(distributed=True))
-    for device, first_read in (("cpu", 0), ("meta", trainer_module.LOSS_READ_EVERY - 1)):
+    for device, first_read in (("cpu", 0), ("meta", trainer_module.HOST_READ_EVERY - 1)):
         monkeypatch.setattr(D, "comm_device", lambda device=device: torch.device(device))
         reads.clear()
         for step in range(first_read):

@@ -135,8 +135,8 @@ class _CpuDirichlet:
     """One call's CPU sampling: the bit stream and the work arrays.
 
     ``candidates(out)`` fills ``out`` (k,) with k candidates (log-weights up to
-    a constant when ``log_space``, else weights, negated at α = 1) and returns the sorted indices
-    of the rejected ones.
+    a constant when ``log_space``, else weights, negated at α = 1) and returns
+    the sorted indices of the rejected ones.
     """
 
     def __init__(self, rows: int, m: int, alpha: float, generator, dtype: torch.dtype):

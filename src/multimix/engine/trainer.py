@@ -57,10 +57,10 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-# On an accelerator the epoch's loss is summed on the device and read back every this many steps (and at the end),
-# and the ranks of a distributed job agree on a stop request as often: a read each step would make the host wait
-# for the device at every step.
-LOSS_READ_EVERY = 50
+# Steps between host reads of device values on an accelerator: the epoch's loss is summed on the device and read
+# back this often (and at the end), and the ranks of a distributed job agree on a stop request as often; a read
+# each step would make the host wait for the device at every step.
+HOST_READ_EVERY = 50
 
 
 # One training per process: a run draws from torch's global RNG (initialisation, dropout), which threads share, so
@@ -205,7 +205,7 @@ class Trainer:
                 seen += x.shape[0]
                 if not on_host:
                     device_sum = logged * x.shape[0] if device_sum is None else device_sum + logged * x.shape[0]
-                    if (step + 1) % LOSS_READ_EVERY == 0:
+                    if (step + 1) % HOST_READ_EVERY == 0:
                         loss_sum += self.read_loss(device_sum, 1, epoch, first_unread, step)
                         device_sum, first_unread = None, step + 1
                 bar.step(loss=f"{loss_sum / seen:.4f}",
@@ -392,11 +392,11 @@ class Trainer:
 
         In a distributed job the ranks agree through a collective whose result is read back; when it runs on an
         accelerator (NCCL), the training loop asks (``step``: the epoch's 0-based step) only every
-        ``LOSS_READ_EVERY`` steps, so that a step never waits for the device.
+        ``HOST_READ_EVERY`` steps, so that a step never waits for the device.
         """
         requested = self.stop.signum or 0
         if self.procs.distributed:
-            if step is not None and (step + 1) % LOSS_READ_EVERY and D.comm_device().type != "cpu":
+            if step is not None and (step + 1) % HOST_READ_EVERY and D.comm_device().type != "cpu":
                 return
             requested = int(D.sum_across_ranks(float(requested)) > 0) * (requested or signal.SIGTERM)
         if requested:

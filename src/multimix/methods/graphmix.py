@@ -148,7 +148,7 @@ class GraphMix(Method):
             perm = MF.random_permutation(z.shape[0], generator=generator, device=z.device)
             return head(torch.lerp(z[perm], z, lam.to(z.dtype))), torch.lerp(targets[perm], targets, lam)
         m = z.shape[0]
-        lam = MF.dirichlet(self.n, m, self.concentration / m, generator=generator, device=z.device)
+        lam = MF.dirichlet(self.n, m, self.mix.alpha_for(m), generator=generator, device=z.device)
         logits, mixed_targets, _ = self.mix.mixed(z, targets.float(), head, lam)  # Λ g(Z) or g(ΛZ), and ΛY
         return logits, mixed_targets
 

@@ -188,10 +188,15 @@ def dirichlet(
             of each other (same sorted weights on different examples). The
             gamma draws, the bulk of the cost, shrink k-fold. Default 1:
             independent rows.
-        method: ``"auto"`` (numpy's bits and block-wise tensor passes on the
-            CPU, torch's gamma kernel on other devices) or ``"torch"`` (torch's
-            gamma kernel everywhere: the device-generic path, also taken
-            inside :func:`device_generic`). Both are exact.
+        method: ``"auto"`` (on the CPU the fused compiled sampler of
+            :mod:`multimix.native` in float32 when it compiled, else numpy's
+            bits and block-wise tensor passes; torch's gamma kernel on other
+            devices), ``"native"`` (the fused sampler, or
+            :class:`~multimix.sampling.NativeUnavailable`), ``"eager"`` (the
+            tensor passes on the CPU) or ``"torch"`` (torch's gamma kernel
+            everywhere: the device-generic path, also taken inside
+            :func:`device_generic`). All are exact; each draws its own stream
+            from the generator's seed.
 
     Returns:
         Tensor of shape (n, m).

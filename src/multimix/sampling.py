@@ -1,8 +1,12 @@
 """The Dirichlet sampler behind Λ: exact rows λ_k ~ Dir(α·1_m), fast on the CPU, sync-free everywhere.
 
-Public through :func:`multimix.functional.dirichlet`. Two exact routes:
+Public through :func:`multimix.functional.dirichlet`. Three exact routes:
 
-* On the CPU (the default for a CPU generator): the random bits come from
+* On the CPU in float32 (the default for a CPU generator), when it compiled:
+  the fused C sampler of :mod:`multimix.native`, which draws its own bits
+  (xoshiro256++ on 16 SIMD lanes, seeded by one draw of the torch generator)
+  and runs the algorithms below in one vectorised loop.
+* Otherwise on the CPU (``method="eager"``, float64, or no compiler): the random bits come from
   numpy's SFC64 bit generator (seeded by one draw of the torch generator, so
   results are reproducible and no other RNG is touched), and the gammas are
   produced block by block (a few hundred rows at a time, so every pass runs
@@ -26,12 +30,14 @@ Public through :func:`multimix.functional.dirichlet`. Two exact routes:
   in log space. One kernel launch per tensor and no value ever read back to
   the host: no host–device synchronisation.
 
-Both take weights to a row softmax in log space that floors each weight at
+All take weights to a row softmax in log space that floors each weight at
 ≈ 1e-36 of its row maximum, so any α > 0 gives finite rows that sum to 1 and
 no subnormal numbers (which slow x86 arithmetic several-fold).
 
-Uniforms carry 32 random bits in float32 work (63 in float64); a zero word,
-whose logarithm is infinite, is rejected and drawn again (p = 2^-32).
+Uniforms carry 32 random bits in float32 work (63 in float64). On the eager
+path a zero word, whose logarithm is infinite, is rejected and drawn again
+(p = 2^-32); the fused sampler takes the midpoints (word + 1/2)·2^-32 instead.
+The routes draw different streams from one seed, all from the same law.
 """
 
 from __future__ import annotations
@@ -44,9 +50,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DIRICHLET_METHODS", "dirichlet_rows"]
+from . import native
 
-DIRICHLET_METHODS = ("auto", "torch")
+__all__ = ["DIRICHLET_METHODS", "NativeUnavailable", "dirichlet_rows"]
+
+DIRICHLET_METHODS = ("auto", "native", "eager", "torch")
 BLOCK_ENTRIES = 1 << 17  # entries per block on the CPU: the block's scratch (≈ 2 MB) stays in cache
 PIECE_WORDS = 1 << 13  # 64-bit words per numpy draw (64 KB: recycled by malloc, no page faults)
 SPARE_SIGMAS = 4.0  # spare candidates per block: expected rejections plus this many standard deviations
@@ -57,17 +65,43 @@ def dirichlet_rows(rows: int, m: int, alpha: float, *, generator: Optional[torch
                    dtype: torch.dtype, method: str = "auto") -> Tensor:
     """(rows, m) i.i.d. rows ~ Dir(α·1_m) on ``device`` in ``dtype`` (float32 or float64; arguments checked).
 
-    ``method="auto"`` takes the CPU route for a CPU device and torch's gamma
-    kernel elsewhere; ``"torch"`` forces the latter (the device-generic path).
+    ``method="auto"`` takes the fused sampler on the CPU in float32 when it
+    compiled, else the eager CPU sampler on the CPU, and torch's gamma kernel
+    elsewhere; ``"native"``, ``"eager"`` and ``"torch"`` force one route
+    (``"native"`` raises :class:`NativeUnavailable` where it cannot run).
     """
-    if method == "auto" and device.type == "cpu":
+    on_cpu = device.type == "cpu"
+    runs_native = on_cpu and dtype == torch.float32 and alpha >= native.MIN_ALPHA
+    if method == "native" or (method == "auto" and runs_native):
+        lib = native.kernels() if runs_native else None
+        if lib is not None:
+            return _native_dirichlet(lib, rows, m, alpha, generator)
+        if method == "native":
+            raise NativeUnavailable(
+                f"method='native' needs a CPU generator or device, float32, alpha >= {native.MIN_ALPHA} and the "
+                f"compiled sampler (got device {device}, dtype {dtype}, alpha {alpha}, compiled: "
+                f"{native.kernels() is not None}; "
+                "MULTIMIX_NATIVE=0 turns it off); use method='auto'")
+    if method in ("auto", "eager") and on_cpu:
         return _cpu_dirichlet(rows, m, alpha, generator, dtype)
     try:
         return _torch_dirichlet(rows, m, alpha, generator, device, dtype)
     except NotImplementedError:  # a backend without torch's gamma kernel (MPS): the CPU sampler, seeded on the device
         seed = torch.randint(0, 2**62, (1,), generator=generator, device=device).item()  # the one read-back
         cpu = torch.Generator().manual_seed(seed)
-        return _cpu_dirichlet(rows, m, alpha, cpu, dtype).to(device)
+        return dirichlet_rows(rows, m, alpha, generator=cpu, device=torch.device("cpu"), dtype=dtype).to(device)
+
+
+class NativeUnavailable(RuntimeError):
+    """``method="native"`` was asked for where the fused sampler cannot run."""
+
+
+@torch.compiler.disable  # a foreign function on host memory: always eager, also inside a compiled step
+def _native_dirichlet(lib, rows, m, alpha, generator) -> Tensor:
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))  # a CPU generator: no device sync
+    lam = torch.empty(rows, m, dtype=torch.float32)
+    native.dirichlet(lib, lam.numpy(), alpha, seed)
+    return lam
 
 
 @torch.compiler.disable  # numpy bit streams and host-side block loops: always eager, also inside a compiled step

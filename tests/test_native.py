@@ -1,0 +1,186 @@
+"""The fused sampler (multimix.native): its bits against the published generators, its streams, its place beside
+the other routes, and its build's safety. Its law is tested with the others' in test_dirichlet.py."""
+
+import ctypes.util
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import multimix.functional as MF
+from multimix import native
+from multimix.sampling import NativeUnavailable
+
+MASK = 2**64 - 1
+
+
+def splitmix64(seed: int, index: int) -> int:
+    """Output ``index`` (from 0) of Vigna's splitmix64 seeded with ``seed``: a plain reference."""
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
+
+
+class Xoshiro256pp:
+    """Blackman & Vigna's xoshiro256plusplus.c, transcribed."""
+
+    def __init__(self, state):
+        self.s = list(state)
+
+    def next(self) -> int:
+        s = self.s
+        rotl = lambda x, k: ((x << k) | (x >> (64 - k))) & MASK  # noqa: E731
+        result = (rotl((s[0] + s[3]) & MASK, 23) + s[0]) & MASK
+        t = (s[1] << 17) & MASK
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = rotl(s[3], 45)
+        return result
+
+
+def compiled():
+    lib = native.kernels()
+    if lib is None:
+        pytest.skip("the fused sampler did not compile here")
+    return lib
+
+
+def can_compile() -> bool:
+    return (shutil.which(os.environ.get("CC") or "cc") is not None and ctypes.util.find_library("mvec") is not None
+            and os.environ.get("MULTIMIX_NATIVE", "1") != "0")
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_it_compiles_where_a_compiler_and_libmvec_exist():
+    """So that the tests of the fused sampler here and in test_dirichlet.py cannot skip silently where they
+    should run (CI has gcc and glibc)."""
+    if not can_compile():
+        pytest.skip("no C compiler or no libmvec here")
+    assert native.kernels() is not None
+
+
+def test_reference_generators_reproduce_their_published_vectors():
+    assert [splitmix64(0, i) for i in range(3)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    g = Xoshiro256pp([1, 2, 3, 4])
+    assert [g.next() for _ in range(10)] == [
+        41943041, 58720359, 3588806011781223, 3591011842654386, 9228616714210784205, 9973669472204895162,
+        14011001112246962877, 12406186145184390807, 15849039046786891736, 10450023813501588000]
+
+
+@pytest.mark.parametrize("seed,stream", [(0, 0), (12345, 3), (2**63 - 5, 2**20)])
+def test_stream_bits_are_xoshiro256pp_lanes_seeded_by_splitmix64(seed, stream):
+    """Stream s's lane l starts from splitmix64 outputs 4(16s + l) .. + 3 of the seed; output k·16 + l of the
+    stream is lane l's k-th, bit for bit."""
+    lib = compiled()
+    got = native.stream_outputs(lib, seed, stream, 2)
+    lanes = [Xoshiro256pp([splitmix64(seed, 4 * (native.LANES * stream + lane) + j) for j in range(4)])
+             for lane in range(native.LANES)]
+    expected = [lanes[lane].next() for _ in range(2 * native.STEPS) for lane in range(native.LANES)]
+    assert got.tolist() == expected
+
+
+def test_rows_do_not_depend_on_how_they_are_split():
+    """A call's rows equal the same rows computed stream by stream (the unit of work a thread may take)."""
+    lib = compiled()
+    m = 48
+    per = native.rows_per_stream(m)
+    whole = np.empty((3 * per + 5, m), dtype=np.float32)
+    native.dirichlet(lib, whole, 0.3, 99)
+    parts = np.empty_like(whole)
+    for start in range(0, whole.shape[0], per):
+        native.dirichlet(lib, parts[start:start + per], 0.3, 99, first_row=start)
+    np.testing.assert_array_equal(whole, parts)
+    assert not np.array_equal(whole[:per], whole[per:2 * per])  # streams differ
+    with pytest.raises(ValueError, match="first_row"):
+        native.dirichlet(lib, parts[1:], 0.3, 99, first_row=1)
+
+
+@pytest.mark.parametrize("alpha", [0.02, 1.0, 3.0])
+def test_auto_is_the_fused_sampler_in_float32_and_advances_the_generator_like_the_eager_one(alpha):
+    """Every CPU route draws one 63-bit seed from the generator and nothing else, so switching routes does not
+    shift the draws that follow."""
+    compiled()
+    states = []
+    for method in ("auto", "native", "eager"):
+        g = torch.Generator().manual_seed(3)
+        lam = MF.dirichlet(200, 16, alpha, generator=g, method=method)
+        states.append(g.get_state())
+        if method == "auto":
+            auto = lam
+        elif method == "native":
+            assert torch.equal(lam, auto)
+        else:
+            assert not torch.equal(lam, auto)  # another stream, the same law
+    assert all(torch.equal(states[0], s) for s in states[1:])
+
+
+def test_native_is_refused_where_it_cannot_run(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(NativeUnavailable, match="float32"):
+        MF.dirichlet(4, 4, 0.5, generator=g, method="native", dtype=torch.float64)
+    with pytest.raises(NativeUnavailable, match="alpha"):
+        MF.dirichlet(4, 4, 1e-31, generator=g, method="native")
+    assert torch.isfinite(MF.dirichlet(4, 4, 1e-31, generator=g)).all()  # "auto" takes the eager sampler
+    monkeypatch.setenv("MULTIMIX_NATIVE", "0")
+    with pytest.raises(NativeUnavailable, match="MULTIMIX_NATIVE=0"):
+        MF.dirichlet(4, 4, 0.5, generator=g, method="native")
+    a = MF.dirichlet(100, 8, 0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, MF.dirichlet(100, 8, 0.5, generator=torch.Generator().manual_seed(1), method="eager"))
+
+
+def test_loading_it_keeps_subnormal_arithmetic():
+    """The library is linked without -ffast-math: linking with it adds crtfastmath.o, which switches on
+    flush-to-zero for the whole process when the library loads. The check below sees that trap (shown with a
+    library linked that way)."""
+    compiled()
+    check = "import numpy as np, torch; print(float(np.float32(1e-40) * np.float32(1)) > 0, float(torch.tensor(1e-40) * 1) > 0)"
+    ours = run_python(f"from multimix import native; assert native.kernels() is not None; {check}")
+    assert ours.stdout.split() == ["True", "True"], ours.stderr
+    with_trap = run_python(f"""
+        import ctypes, pathlib, subprocess, tempfile
+        folder = pathlib.Path(tempfile.mkdtemp())
+        (folder / "t.c").write_text("int f(void) {{ return 1; }}")
+        subprocess.run(["cc", "-shared", "-fPIC", "-ffast-math", str(folder / "t.c"), "-o", str(folder / "t.so")], check=True)
+        ctypes.CDLL(str(folder / "t.so"))
+        {check}""")
+    assert with_trap.stdout.split() == ["False", "False"], with_trap.stderr
+
+
+def test_it_builds_privately_and_refuses_a_cache_others_may_write(tmp_path):
+    if not can_compile():
+        pytest.skip("no C compiler or no libmvec here")
+    probe = """
+        import os, stat, torch
+        from multimix import native
+        import multimix.functional as MF
+        lib = native.kernels()
+        lam = MF.dirichlet(50, 8, 0.5, generator=torch.Generator().manual_seed(0))
+        print(lib is not None, bool(torch.isfinite(lam).all()))
+    """
+    fresh = run_python(probe, XDG_CACHE_HOME=str(tmp_path / "fresh"))
+    assert fresh.stdout.split() == ["True", "True"], fresh.stderr
+    folder = tmp_path / "fresh" / "multimix" / "native"
+    built = list(folder.glob("*.so"))
+    assert len(built) == 1
+    for path in (folder, built[0]):
+        assert path.stat().st_mode & 0o077 == 0, oct(path.stat().st_mode)
+
+    shared = tmp_path / "shared" / "multimix" / "native"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)  # anyone could plant a library here
+    refused = run_python(probe, XDG_CACHE_HOME=str(tmp_path / "shared"))
+    assert refused.stdout.split() == ["False", "True"], refused.stderr  # not loaded: the eager sampler ran
+    assert not list(shared.glob("*.so"))

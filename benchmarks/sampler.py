@@ -9,7 +9,8 @@ Every variant is timed round-robin (interleaved) in one process, each call's
 thread CPU time (``time.thread_time``, which other processes' load on a shared
 machine does not inflate as much as wall time), and the minimum and median over
 repeats are printed in ns per entry of Λ (n·m entries). Beside
-``multimix.functional.dirichlet`` at each α:
+``multimix.functional.dirichlet`` at each α, by its fused route (``native``,
+the default in float32 when it compiled) and its eager one (``eager``):
 
 - ``random bits``: numpy SFC64 ``random_raw``, one 64-bit word per entry, the
   bits the sampler consumes for α ≠ 1 (α = 1 uses half);
@@ -31,12 +32,12 @@ import numpy as np
 import torch
 
 try:
-    import multimix
+    import multimix  # noqa: F401
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    import multimix
 
 from multimix import functional as MF
+from multimix import native
 
 
 def main(argv=None) -> int:
@@ -52,7 +53,14 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     bits = np.random.SFC64(0)
     scratch = torch.empty(entries)
-    variants = {f"dirichlet, alpha = {a:.4g}": (lambda a=a: MF.dirichlet(n, m, a, generator=g)) for a in args.alphas}
+    variants = {}
+    for method in ("native", "eager"):
+        if method == "native" and native.kernels() is None:
+            print("the fused sampler did not compile here: eager only")
+            continue
+        for a in args.alphas:
+            variants[f"dirichlet {method}, alpha = {a:.4g}"] = (
+                lambda a=a, method=method: MF.dirichlet(n, m, a, generator=g, method=method))
     variants["random bits (numpy SFC64, 64 per entry)"] = lambda: bits.random_raw(entries)
     variants["write n*m floats"] = lambda: torch.empty(n, m).fill_(0.5)
     variants["torch.rand (uniform_)"] = lambda: scratch.uniform_(generator=g)

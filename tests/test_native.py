@@ -93,17 +93,23 @@ def test_stream_bits_are_xoshiro256pp_lanes_seeded_by_splitmix64(seed, stream):
 
 
 def test_rows_do_not_depend_on_how_they_are_split():
-    """A call's rows equal the same rows computed stream by stream (the unit of work a thread may take)."""
+    """A call's rows equal the same rows computed stream by stream (the unit of work a thread takes), and the
+    same rows computed by 2 or 3 threads."""
     lib = compiled()
     m = 48
     per = native.rows_per_stream(m)
-    whole = np.empty((3 * per + 5, m), dtype=np.float32)
+    whole = np.empty((5 * per + 5, m), dtype=np.float32)  # ≥ PARALLEL_ENTRIES: threads share it out
+    assert whole.size >= native.PARALLEL_ENTRIES
     native.dirichlet(lib, whole, 0.3, 99)
     parts = np.empty_like(whole)
     for start in range(0, whole.shape[0], per):
         native.dirichlet(lib, parts[start:start + per], 0.3, 99, first_row=start)
     np.testing.assert_array_equal(whole, parts)
     assert not np.array_equal(whole[:per], whole[per:2 * per])  # streams differ
+    for threads in (2, 3):
+        shared = np.empty_like(whole)
+        native.dirichlet(lib, shared, 0.3, 99, threads=threads)
+        np.testing.assert_array_equal(whole, shared)
     with pytest.raises(ValueError, match="first_row"):
         native.dirichlet(lib, parts[1:], 0.3, 99, first_row=1)
 

@@ -3,6 +3,7 @@ the other routes, and its build's safety. Its law is tested with the others' in 
 
 import ctypes.util
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -190,3 +191,23 @@ def test_it_builds_privately_and_refuses_a_cache_others_may_write(tmp_path):
     refused = run_python(probe, XDG_CACHE_HOME=str(tmp_path / "shared"))
     assert refused.stdout.split() == ["False", "True"], refused.stderr  # not loaded: the eager sampler ran
     assert not list(shared.glob("*.so"))
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="compares an AVX2 build with this machine's")
+def test_a_build_without_avx512_draws_the_same_rows(tmp_path):
+    """The portable paths of the C source (scalar compaction, 8-lane libmvec) give the same Λ as this machine's
+    build up to the rounding of the vector logarithms: same bits, same algorithm."""
+    lib = compiled()
+    ours = np.empty((200, 32), dtype=np.float32)
+    native.dirichlet(lib, ours, 0.05, 2024)
+    portable = run_python(f"""
+        import numpy as np
+        from multimix import native
+        native.FLAGS = tuple("-march=x86-64-v3" if f == "-march=native" else f for f in native.FLAGS)
+        lib = native.kernels()
+        assert lib is not None
+        out = np.empty((200, 32), dtype=np.float32)
+        native.dirichlet(lib, out, 0.05, 2024)
+        np.save({str(tmp_path / "portable.npy")!r}, out)""", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert portable.returncode == 0, portable.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "portable.npy"), ours, rtol=1e-4, atol=1e-30)

@@ -59,6 +59,10 @@ LANES, STEPS = 16, 32  # as in SOURCE: xoshiro256++ generators per stream, and s
 SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define LANES 16   /* xoshiro256++ generators stepped side by side, one per SIMD lane */
 #define STEPS 32   /* steps of all lanes per refill: 512 outputs of 64 bits, 1,024 words */
@@ -172,6 +176,26 @@ static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, in
     return OUTPUTS;
 }
 
+/* Move the accepted candidates of v[0..size) to its front, in order; returns their count. */
+static int compact(float *v, const int32_t *ok, int size) {
+    int k = 0;
+#if defined(__AVX512F__)
+    /* 16 at a time: the store of a chunk ends before the next chunk starts (k <= i), so in place is safe */
+    for (int i = 0; i < size; i += 16) {
+        __m512 x = _mm512_loadu_ps(v + i);
+        __mmask16 keep = _mm512_test_epi32_mask(_mm512_loadu_si512((const void *)(ok + i)), _mm512_set1_epi32(-1));
+        _mm512_storeu_ps(v + k, _mm512_maskz_compress_ps(keep, x));
+        k += __builtin_popcount((unsigned)keep);
+    }
+#else
+    for (int i = 0; i < size; i++) {
+        v[k] = v[i];
+        k += ok[i];
+    }
+#endif
+    return k;
+}
+
 /* Rows [first_row, first_row + rows) of a call's Λ (out points at first_row's row; first_row is a multiple of
    rows_per_stream). kind 0: α < 1 (p = 1/α), 1: α = 1, 2: α > 1 (p = d, q = c); floor: log-weights below the
    row maximum are raised to it (kind 0). */
@@ -182,7 +206,7 @@ void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *o
     lanes_t st;
     for (long done = 0; done < rows; done += rows_per_stream) {
         long stop = done + rows_per_stream < rows ? done + rows_per_stream : rows;
-        int pos = 0, size = 0;
+        int pos = 0, size = 0; /* v[pos..size): accepted candidates not yet used */
         seed_lanes(&st, seed, (uint64_t)((first_row + done) / rows_per_stream));
         for (long r = done; r < stop; r++) {
             float *o = out + r * m;
@@ -190,12 +214,14 @@ void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *o
             while (k < m) { /* the next m accepted candidates of the stream, in order */
                 if (pos == size) {
                     size = refill(kind, p, q, &st, v, ok);
+                    if (kind != 1) /* α = 1 rejects nothing */
+                        size = compact(v, ok, size);
                     pos = 0;
                 }
-                for (; pos < size && k < m; pos++) {
-                    o[k] = v[pos];
-                    k += ok[pos];
-                }
+                long take = m - k < size - pos ? m - k : size - pos;
+                memcpy(o + k, v + pos, (size_t)take * sizeof(float));
+                k += take;
+                pos += (int)take;
             }
             if (kind == 0) { /* softmax in log space, floored */
                 float top = o[0], sum = 0.0f;

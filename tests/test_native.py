@@ -167,10 +167,13 @@ def test_loading_it_keeps_subnormal_arithmetic():
 
 
 def test_it_builds_privately_and_refuses_a_cache_others_may_write(tmp_path):
+    """A library is loaded only from a folder that is the user's alone: the cache (0700), or, where the cache is
+    not private, a temporary folder of the process."""
+    (tmp_path / "tmp").mkdir()
     if not can_compile():
         pytest.skip("no C compiler or no libmvec here")
     probe = """
-        import os, stat, torch
+        import torch
         from multimix import native
         import multimix.functional as MF
         lib = native.kernels()
@@ -188,9 +191,14 @@ def test_it_builds_privately_and_refuses_a_cache_others_may_write(tmp_path):
     shared = tmp_path / "shared" / "multimix" / "native"
     shared.mkdir(parents=True)
     shared.chmod(0o777)  # anyone could plant a library here
-    refused = run_python(probe, XDG_CACHE_HOME=str(tmp_path / "shared"))
-    assert refused.stdout.split() == ["False", "True"], refused.stderr  # not loaded: the eager sampler ran
-    assert not list(shared.glob("*.so"))
+    refused = run_python(probe, XDG_CACHE_HOME=str(tmp_path / "shared"), TMPDIR=str(tmp_path / "tmp"))
+    assert refused.stdout.split() == ["True", "True"], refused.stderr  # built in a private temporary folder
+    assert not list(shared.rglob("*.so"))  # nothing written to, or loaded from, the shared folder
+    assert not list((tmp_path / "tmp").iterdir())  # the temporary build is gone once loaded
+
+    (tmp_path / "not-a-folder").write_text("")  # a cache that cannot be created: the same fallback
+    unusable = run_python(probe, XDG_CACHE_HOME=str(tmp_path / "not-a-folder"), TMPDIR=str(tmp_path / "tmp"))
+    assert unusable.stdout.split() == ["True", "True"], unusable.stderr
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="compares an AVX2 build with this machine's")

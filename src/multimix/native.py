@@ -23,7 +23,8 @@ does not depend on how rows are shared between threads.
 The C source below is compiled with the system's C compiler (``$CC`` or ``cc``)
 on first use (about a second) into the user's cache
 (``$XDG_CACHE_HOME/multimix/native``, which must belong to the user and be
-writable by nobody else), keyed by the source, the flags, the compiler and the
+writable by nobody else; where it is not usable, a private temporary folder
+of the process, deleted once the library is loaded), keyed by the source, the flags, the compiler and the
 CPU's features (``-march=native``), and loaded with :mod:`ctypes`, as torch's
 inductor and ``cpp_extension.load`` do with theirs. ``-ffast-math`` lets gcc
 call glibc's vector ``logf``/``expf``/``cosf`` (libmvec); it is given to the
@@ -277,12 +278,13 @@ def _private(path: Path) -> bool:
     return info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
-def _build() -> Optional[ctypes.CDLL]:
+def _build(folder: Path, keep: bool) -> Optional[ctypes.CDLL]:
+    """Compile (unless ``folder`` holds this build already) and load the library; None without a compiler, or
+    when ``folder`` or its parent is not private. ``keep``: leave the library for later processes."""
     compiler = shutil.which(os.environ.get("CC") or "cc")
     if compiler is None:
         return None
     key = hashlib.sha256("\0".join([SOURCE, *FLAGS, *LIBS, compiler, _cpu_identity()]).encode()).hexdigest()[:20]
-    folder = _cache_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not all(_private(p) for p in (folder, folder.parent)):
         return None
@@ -299,11 +301,26 @@ def _build() -> Optional[ctypes.CDLL]:
             os.chmod(built, 0o700)
             os.replace(built, library)  # atomic: a concurrent process loads either nothing or the whole file
     lib = ctypes.CDLL(str(library))
+    if not keep:
+        library.unlink()  # the loaded mapping stays valid
     u64, f32, ptr, long = ctypes.c_uint64, ctypes.c_float, ctypes.c_void_p, ctypes.c_long
     lib.stream_outputs.argtypes = [u64, u64, long, ptr]
     lib.dirichlet.argtypes = [u64, ctypes.c_int, f32, f32, f32, ptr, long, long, long, long]
     lib.stream_outputs.restype = lib.dirichlet.restype = None
     return lib
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    """From the user's cache; where it cannot be used (read-only, not private, not executable), built afresh in
+    a private temporary folder of this process and deleted once loaded."""
+    try:
+        lib = _build(_cache_dir(), keep=True)
+        if lib is not None:
+            return lib
+    except (OSError, subprocess.SubprocessError):
+        pass
+    with tempfile.TemporaryDirectory(prefix="multimix-native-") as tmp:  # mode 0700, ours
+        return _build(Path(tmp) / "build", keep=False)
 
 
 def kernels() -> Optional[ctypes.CDLL]:
@@ -313,8 +330,8 @@ def kernels() -> Optional[ctypes.CDLL]:
     with _LOCK:
         if "lib" not in _LOADED:
             try:
-                _LOADED["lib"] = _build()
-            except (OSError, subprocess.SubprocessError, ValueError):
+                _LOADED["lib"] = _load()
+            except (OSError, subprocess.SubprocessError):
                 _LOADED["lib"] = None
         return _LOADED["lib"]
 

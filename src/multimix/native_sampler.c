@@ -1,0 +1,193 @@
+/* The fused CPU sampler of Λ ~ Dir(α·1_m) rows (float32), compiled and loaded by multimix/native.py, which
+   documents it. xoshiro256++ bits on LANES SIMD lanes, the gammas and their rejections, the compaction of the
+   accepted candidates and the row normalisation in one loop per stream of rows. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define LANES 16   /* xoshiro256++ generators stepped side by side, one per SIMD lane */
+#define STEPS 32   /* steps of all lanes per refill: 512 outputs of 64 bits, 1,024 words */
+#define OUTPUTS (LANES * STEPS)
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+/* splitmix64 output number `index` (from 0) of the stream seeded with `seed` (Vigna's seeding of xoshiro) */
+static inline uint64_t splitmix64(uint64_t seed, uint64_t index) {
+    uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+typedef struct { uint64_t s0[LANES], s1[LANES], s2[LANES], s3[LANES]; } lanes_t;
+
+/* The lanes of stream `stream`: lane l's state is splitmix64 outputs 4(LANES·stream + l) .. + 3 of `seed`. */
+static void seed_lanes(lanes_t *st, uint64_t seed, uint64_t stream) {
+    for (int l = 0; l < LANES; l++) {
+        uint64_t first = 4 * (LANES * stream + (uint64_t)l);
+        st->s0[l] = splitmix64(seed, first);
+        st->s1[l] = splitmix64(seed, first + 1);
+        st->s2[l] = splitmix64(seed, first + 2);
+        st->s3[l] = splitmix64(seed, first + 3);
+    }
+}
+
+/* STEPS steps of xoshiro256++ (Blackman & Vigna 2021) on every lane: output k·LANES + l is lane l's k-th, its low
+   32 bits in lo[], its high 32 bits in hi[]. */
+static void xoshiro(lanes_t *restrict st, uint32_t *restrict lo, uint32_t *restrict hi) {
+    uint64_t s0[LANES], s1[LANES], s2[LANES], s3[LANES];
+    for (int l = 0; l < LANES; l++) { s0[l] = st->s0[l]; s1[l] = st->s1[l]; s2[l] = st->s2[l]; s3[l] = st->s3[l]; }
+    for (int k = 0; k < STEPS; k++) {
+        #pragma omp simd
+        for (int l = 0; l < LANES; l++) {
+            uint64_t r = rotl(s0[l] + s3[l], 23) + s0[l], t = s1[l] << 17;
+            s2[l] ^= s0[l];
+            s3[l] ^= s1[l];
+            s1[l] ^= s2[l];
+            s0[l] ^= s3[l];
+            s2[l] ^= t;
+            s3[l] = rotl(s3[l], 45);
+            lo[k * LANES + l] = (uint32_t)r;
+            hi[k * LANES + l] = (uint32_t)(r >> 32);
+        }
+    }
+    for (int l = 0; l < LANES; l++) { st->s0[l] = s0[l]; st->s1[l] = s1[l]; st->s2[l] = s2[l]; st->s3[l] = s3[l]; }
+}
+
+/* The first `refills`·OUTPUTS 64-bit outputs of stream `stream` under `seed`, in order (for tests). */
+void stream_outputs(uint64_t seed, uint64_t stream, long refills, uint64_t *out) {
+    lanes_t st;
+    uint32_t lo[OUTPUTS], hi[OUTPUTS];
+    seed_lanes(&st, seed, stream);
+    for (long r = 0; r < refills; r++) {
+        xoshiro(&st, lo, hi);
+        for (int i = 0; i < OUTPUTS; i++) out[r * OUTPUTS + i] = (uint64_t)hi[i] << 32 | lo[i];
+    }
+}
+
+/* U = (word + 1/2)·2^-32: the midpoints of 2^32 equal cells of (0, 1), never 0, so every logarithm is finite (which
+   -ffast-math assumes); float32 rounds U to 1 for the top 2^-25 of words, whose log, 0, callers treat. */
+static inline float unit(uint32_t w) { return ((float)w + 0.5f) * 2.3283064365386963e-10f; }
+
+/* One refill: candidates v[0..count) and acceptance flags ok[] (0 or 1) from OUTPUTS fresh outputs; returns count.
+   Each loop has one candidate per lane and 32-bit flags, so that gcc vectorises it (with libmvec's logf). */
+static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, int32_t *restrict ok) {
+    uint32_t lo[OUTPUTS], hi[OUTPUTS];
+    xoshiro(st, lo, hi);
+    if (kind == 1) { /* α = 1: log U = −E, one per word (the normalisation divides by the row sum: the sign cancels) */
+        #pragma omp simd
+        for (int i = 0; i < OUTPUTS; i++) {
+            v[i] = logf(unit(lo[i])); /* log U = 0 (U rounded to 1): E = 0, a weight of 0 */
+            v[OUTPUTS + i] = logf(unit(hi[i]));
+            ok[i] = ok[OUTPUTS + i] = 1;
+        }
+        return 2 * OUTPUTS;
+    }
+    if (kind == 0) { /* α < 1, p = 1/α: s = E − W/α with E from the low word, W from the high, accepted when
+                        s − log E ≤ 1 (and E > 0); one per output */
+        #pragma omp simd
+        for (int i = 0; i < OUTPUTS; i++) {
+            float e = -logf(unit(lo[i]));
+            float s = e + logf(unit(hi[i])) * p;
+            float test = s - logf(fmaxf(e, 1e-30f)); /* E = 0 (U rounded to 1) is rejected: −log E = ∞ */
+            v[i] = s;
+            ok[i] = (e > 0.0f) & (test <= 1.0f);
+        }
+        return OUTPUTS;
+    }
+    /* α > 1, p = d = α − 1/3, q = c = 1/√(9d): v = (1 + c x)³, x ~ N(0, 1) by Box–Muller from output i's words,
+       accepted when x² + 6d log t − 2dv − 2 log U > −2d with t = 1 + c x > 0 and U from a word of output
+       OUTPUTS/2 + i; two per pair of outputs */
+    const int half = OUTPUTS / 2;
+    #pragma omp simd
+    for (int i = 0; i < half; i++) {
+        float radius = sqrtf(-2.0f * logf(unit(lo[i])));
+        float angle = (float)hi[i] * 1.4629180792671596e-09f; /* 2π·2^-32 */
+        /* sin θ as cos(π/2 − θ): gcc would fuse sinf and cosf of one angle into cexpif, which does not vectorise */
+        float xa = radius * cosf(angle), xb = radius * cosf(1.5707963267948966f - angle);
+        float ta = 1.0f + q * xa, tb = 1.0f + q * xb;
+        float ca = ta * ta * ta, cb = tb * tb * tb;
+        float testa = xa * xa + 6.0f * p * logf(fmaxf(ta, 1e-30f)) - 2.0f * p * ca - 2.0f * logf(unit(lo[half + i]));
+        float testb = xb * xb + 6.0f * p * logf(fmaxf(tb, 1e-30f)) - 2.0f * p * cb - 2.0f * logf(unit(hi[half + i]));
+        v[i] = ca;
+        v[half + i] = cb;
+        ok[i] = (ta > 0.0f) & (testa > -2.0f * p);
+        ok[half + i] = (tb > 0.0f) & (testb > -2.0f * p);
+    }
+    return OUTPUTS;
+}
+
+/* Move the accepted candidates of v[0..size) to its front, in order; returns their count. */
+static int compact(float *v, const int32_t *ok, int size) {
+    int k = 0;
+#if defined(__AVX512F__)
+    /* 16 at a time: the store of a chunk ends before the next chunk starts (k <= i), so in place is safe */
+    for (int i = 0; i < size; i += 16) {
+        __m512 x = _mm512_loadu_ps(v + i);
+        __mmask16 keep = _mm512_test_epi32_mask(_mm512_loadu_si512((const void *)(ok + i)), _mm512_set1_epi32(-1));
+        _mm512_storeu_ps(v + k, _mm512_maskz_compress_ps(keep, x));
+        k += __builtin_popcount((unsigned)keep);
+    }
+#else
+    for (int i = 0; i < size; i++) {
+        v[k] = v[i];
+        k += ok[i];
+    }
+#endif
+    return k;
+}
+
+/* Rows [first_row, first_row + rows) of a call's Λ (out points at first_row's row; first_row is a multiple of
+   rows_per_stream). kind 0: α < 1 (p = 1/α), 1: α = 1, 2: α > 1 (p = d, q = c); floor: log-weights below the
+   row maximum are raised to it (kind 0). */
+void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *out, long first_row,
+               long rows, long m, long rows_per_stream) {
+    float v[2 * OUTPUTS];
+    int32_t ok[2 * OUTPUTS];
+    lanes_t st;
+    for (long done = 0; done < rows; done += rows_per_stream) {
+        long stop = done + rows_per_stream < rows ? done + rows_per_stream : rows;
+        int pos = 0, size = 0; /* v[pos..size): accepted candidates not yet used */
+        seed_lanes(&st, seed, (uint64_t)((first_row + done) / rows_per_stream));
+        for (long r = done; r < stop; r++) {
+            float *o = out + r * m;
+            long k = 0;
+            while (k < m) { /* the next m accepted candidates of the stream, in order */
+                if (pos == size) {
+                    size = refill(kind, p, q, &st, v, ok);
+                    if (kind != 1) /* α = 1 rejects nothing */
+                        size = compact(v, ok, size);
+                    pos = 0;
+                }
+                long take = m - k < size - pos ? m - k : size - pos;
+                memcpy(o + k, v + pos, (size_t)take * sizeof(float));
+                k += take;
+                pos += (int)take;
+            }
+            if (kind == 0) { /* softmax in log space, floored */
+                float top = o[0], sum = 0.0f;
+                for (long j = 1; j < m; j++) top = o[j] > top ? o[j] : top;
+                #pragma omp simd reduction(+:sum)
+                for (long j = 0; j < m; j++) {
+                    float x = o[j] - top;
+                    x = expf(x < floor_ ? floor_ : x);
+                    o[j] = x;
+                    sum += x;
+                }
+                float inv = 1.0f / sum;
+                #pragma omp simd
+                for (long j = 0; j < m; j++) o[j] *= inv;
+            } else {
+                float sum = 0.0f;
+                #pragma omp simd reduction(+:sum)
+                for (long j = 0; j < m; j++) sum += o[j];
+                float inv = 1.0f / sum;
+                #pragma omp simd
+                for (long j = 0; j < m; j++) o[j] *= inv;
+            }
+        }
+    }
+}

@@ -18,7 +18,8 @@ the next m accepted candidates of an i.i.d. stream, so every row is exactly
 Dir(α·1_m), as on the other routes. Rows are cut into streams of
 ``STREAM_ENTRIES`` entries; the 16 lane states of stream s are splitmix64
 outputs 64·s .. 64·s + 63 of the call's seed (Vigna's seeding), so a result
-does not depend on how rows are shared between threads.
+does not depend on how rows are shared between threads (torch's OpenMP
+threads: the library uses the runtime torch loaded).
 
 The C source (``native_sampler.c`` beside this module) is compiled with the
 system's C compiler (``$CC`` or ``cc``) on first use (about a second) into the
@@ -45,22 +46,24 @@ import subprocess
 import tempfile
 import threading
 from importlib import resources
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch  # noqa: F401  # loaded before the library, so that torch's libgomp.so.1 is the process's copy
 
 __all__ = ["LANES", "MIN_ALPHA", "STEPS", "STREAM_ENTRIES", "dirichlet", "kernels", "rows_per_stream", "stream_outputs"]
 
 STREAM_ENTRIES = 1 << 15  # entries per stream (rows_per_stream rows of m): the unit of work of a thread
-PARALLEL_ENTRIES = 1 << 17  # below, one thread: a thread hand-off costs ~50 µs, the work ~4 ns per entry
+PARALLEL_ENTRIES = 1 << 17  # below, one thread: a parallel region costs ~10 µs, the work ~3 ns per entry
 MIN_ALPHA = 1e-30  # below, 1/α leaves float32's range: such α take the eager sampler
 LANES, STEPS = 16, 32  # as in SOURCE_FILE: xoshiro256++ generators per stream, and steps of all of them per refill
 
 SOURCE_FILE = "native_sampler.c"  # beside this module (package data)
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-c")
-LIBS = ("-shared", "-lmvec", "-lm")
+# -fopenmp links libgomp.so.1 by soname, so the process's copy, the one torch loaded, serves the library too: one
+# thread pool (no second team spinning against torch's), sized by torch.set_num_threads
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-c")
+LIBS = ("-shared", "-fopenmp", "-lmvec", "-lm")
 COMPILE_SECONDS = 120
 
 _LOCK = threading.Lock()
@@ -116,8 +119,9 @@ def _build(folder: Path, keep: bool) -> Optional[ctypes.CDLL]:
         library.unlink()  # the loaded mapping stays valid
     u64, f32, ptr, long = ctypes.c_uint64, ctypes.c_float, ctypes.c_void_p, ctypes.c_long
     lib.stream_outputs.argtypes = [u64, u64, long, ptr]
-    lib.dirichlet.argtypes = [u64, ctypes.c_int, f32, f32, f32, ptr, long, long, long, long]
+    lib.dirichlet.argtypes = [u64, ctypes.c_int, f32, f32, f32, ptr, long, long, long, long, long]
     lib.stream_outputs.restype = lib.dirichlet.restype = None
+    lib.max_threads.argtypes, lib.max_threads.restype = [], ctypes.c_int
     return lib
 
 
@@ -160,13 +164,13 @@ def rows_per_stream(m: int) -> int:
     return max(1, STREAM_ENTRIES // m)
 
 
-def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int = 0, threads: int = 1) -> None:
+def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int = 0) -> None:
     """Fill ``out`` (rows, m) float32 C-contiguous with rows ``first_row``.. of the call's Λ ~ Dir(α·1_m) under
     the 64-bit ``seed``; ``first_row`` must be a multiple of :func:`rows_per_stream` (m).
 
-    With ``threads`` > 1 and at least ``PARALLEL_ENTRIES`` entries, whole
-    streams are shared out between that many threads (the C loop runs without
-    the GIL); the result is the same for any ``threads``.
+    From ``PARALLEL_ENTRIES`` entries on, whole streams are shared out between
+    torch's OpenMP threads (``torch.set_num_threads``); the result is the same
+    for any thread count.
     """
     if not MIN_ALPHA <= alpha < float("inf"):
         raise ValueError(f"alpha must be in [{MIN_ALPHA}, inf) for the fused sampler, got {alpha}")
@@ -184,31 +188,4 @@ def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int =
         d = alpha - 1.0 / 3.0
         kind, p, q = 2, d, 1.0 / (9.0 * d) ** 0.5
     floor = float(np.log(np.finfo(np.float32).tiny) + np.log(m) + 1.0)
-
-    def fill(start: int, stop: int) -> None:
-        lib.dirichlet(seed, kind, p, q, floor, out[start:stop].ctypes.data, first_row + start, stop - start, m,
-                      per_stream)
-
-    streams = -(-rows // per_stream)
-    workers = min(threads, streams) if rows * m >= PARALLEL_ENTRIES else 1
-    if workers <= 1:
-        fill(0, rows)
-        return
-    bounds = [per_stream * (streams * i // workers) for i in range(workers)] + [rows]
-    pool = _pool(workers - 1)
-    pending = [pool.submit(fill, bounds[i], bounds[i + 1]) for i in range(1, workers)]
-    fill(bounds[0], bounds[1])  # this thread takes the first share
-    for job in pending:
-        job.result()
-
-
-def _pool(size: int) -> ThreadPoolExecutor:
-    """This process's helper threads (at least ``size``), made on first use and again after a fork."""
-    with _LOCK:
-        pool, pid, capacity = _LOADED.get("pool"), _LOADED.get("pool_pid"), _LOADED.get("pool_size", 0)
-        if pool is None or pid != os.getpid() or capacity < size:
-            if pool is not None and pid == os.getpid():
-                pool.shutdown(wait=False)
-            pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="multimix-sampler")
-            _LOADED.update(pool=pool, pool_pid=os.getpid(), pool_size=size)
-        return pool
+    lib.dirichlet(seed, kind, p, q, floor, out.ctypes.data, first_row, rows, m, per_stream, PARALLEL_ENTRIES)

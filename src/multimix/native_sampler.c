@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <omp.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -142,13 +143,18 @@ static int compact(float *v, const int32_t *ok, int size) {
 
 /* Rows [first_row, first_row + rows) of a call's Λ (out points at first_row's row; first_row is a multiple of
    rows_per_stream). kind 0: α < 1 (p = 1/α), 1: α = 1, 2: α > 1 (p = d, q = c); floor: log-weights below the
-   row maximum are raised to it (kind 0). */
+   row maximum are raised to it (kind 0). Streams are shared out between the OpenMP threads (the runtime torch
+   loaded, whose thread count torch.set_num_threads sets) from parallel_entries entries on; a stream's rows depend
+   on the seed and the stream's index alone. */
 void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *out, long first_row,
-               long rows, long m, long rows_per_stream) {
-    float v[2 * OUTPUTS];
-    int32_t ok[2 * OUTPUTS];
-    lanes_t st;
-    for (long done = 0; done < rows; done += rows_per_stream) {
+               long rows, long m, long rows_per_stream, long parallel_entries) {
+    long streams = (rows + rows_per_stream - 1) / rows_per_stream;
+    #pragma omp parallel for schedule(static) if (rows * m >= parallel_entries)
+    for (long s = 0; s < streams; s++) {
+        float v[2 * OUTPUTS];
+        int32_t ok[2 * OUTPUTS];
+        lanes_t st;
+        long done = s * rows_per_stream;
         long stop = done + rows_per_stream < rows ? done + rows_per_stream : rows;
         int pos = 0, size = 0; /* v[pos..size): accepted candidates not yet used */
         seed_lanes(&st, seed, (uint64_t)((first_row + done) / rows_per_stream));
@@ -191,3 +197,6 @@ void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *o
         }
     }
 }
+
+/* The threads a parallel region of this library would use (tests: that it is torch's OpenMP runtime). */
+int max_threads(void) { return omp_get_max_threads(); }

@@ -100,7 +100,7 @@ class NativeUnavailable(RuntimeError):
 def _native_dirichlet(lib, rows, m, alpha, generator) -> Tensor:
     seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))  # a CPU generator: no device sync
     lam = torch.empty(rows, m, dtype=torch.float32)
-    native.dirichlet(lib, lam.numpy(), alpha, seed, threads=torch.get_num_threads())  # the same Λ for any threads
+    native.dirichlet(lib, lam.numpy(), alpha, seed)  # on torch's threads; the same Λ for any number
     return lam
 
 

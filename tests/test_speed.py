@@ -3,6 +3,7 @@
 import pytest
 
 from multimix.experiments.speed import format_speed_table, measure_speed
+from multimix.sampling import cpu_route
 
 
 def test_measure_speed_reports_every_ratio_and_the_floors():
@@ -13,8 +14,9 @@ def test_measure_speed_reports_every_ratio_and_the_floors():
         assert r["multimix_over_erm_step"] == r["multimix_step_s"] / r["erm_step_s"] > 0
         assert r["dense_over_erm_step"] == r["dense_multimix_step_s"] / r["erm_step_s"] > 0
         assert r["sampler_s"] > 0 and r["write_s"] > 0 and r["mixing_s"] > 0
+        assert r["sampler"] == cpu_route()  # which Λ sampler was timed
     assert rows[0]["erm_step_s"] == rows[1]["erm_step_s"]  # one ERM measurement, interleaved with all
-    assert lines[0].startswith("ERM step") and "Dense MultiMix" in lines[0]
+    assert lines[0].startswith("ERM step") and "Dense MultiMix" in lines[0] and f"Λ sampler: {cpu_route()}" in lines[0]
     table = format_speed_table(rows)
     assert table.count("\n| ") == 2 and "Dense MultiMix (defaults) step / ERM" in table
 

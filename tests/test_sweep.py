@@ -21,6 +21,7 @@ import pytest
 
 from multimix.cli import main
 from multimix.engine.folder import FolderLock
+from multimix.sampling import cpu_route
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--num-train", "128", "--num-test", "128", "--val-size", "64", "--attack-limit", "16",
@@ -102,6 +103,7 @@ def test_records_resume_and_same_results_serially_and_in_parallel(tmp_path, seri
     assert len(first) == 4 and accuracies(serial) == accuracies(parallel)
     assert {i: r["result"] for i, r in first.items()} == {i: r["result"] for i, r in records(parallel).items()}
     assert os.getpid() not in {r["pid"] for r in first.values()}  # trained in worker processes
+    assert {r["sampler"] for r in first.values()} == {cpu_route()}  # the route of Λ, named in each record
     for run_id, record in first.items():
         assert record["status"] == "completed" and record["identity"]["config"]["seed"] in (0, 1)
         assert (serial / "runs" / f"{run_id}.log").exists() and (serial / "runs" / f"{run_id}.npz").exists()

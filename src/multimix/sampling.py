@@ -52,7 +52,7 @@ from torch import Tensor
 
 from . import native
 
-__all__ = ["DIRICHLET_METHODS", "NativeUnavailable", "dirichlet_rows"]
+__all__ = ["DIRICHLET_METHODS", "NativeUnavailable", "cpu_route", "dirichlet_rows"]
 
 DIRICHLET_METHODS = ("auto", "native", "eager", "torch")
 BLOCK_ENTRIES = 1 << 17  # entries per block on the CPU: the block's scratch (≈ 2 MB) stays in cache
@@ -90,6 +90,13 @@ def dirichlet_rows(rows: int, m: int, alpha: float, *, generator: Optional[torch
         seed = torch.randint(0, 2**62, (1,), generator=generator, device=device).item()  # the one read-back
         cpu = torch.Generator().manual_seed(seed)
         return dirichlet_rows(rows, m, alpha, generator=cpu, device=torch.device("cpu"), dtype=dtype).to(device)
+
+
+def cpu_route(dtype: torch.dtype = torch.float32) -> str:
+    """The CPU route ``method="auto"`` takes in ``dtype`` (for α ≥ ``native.MIN_ALPHA``): ``"native"`` when the
+    fused sampler compiled, else ``"eager"``. The routes draw different streams from one seed, so run records
+    name theirs."""
+    return "native" if dtype == torch.float32 and native.kernels() is not None else "eager"
 
 
 class NativeUnavailable(RuntimeError):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..engine import Trainer, TrainConfig
+from ..sampling import cpu_route
 from ..engine.trainer import Interrupted
 
 __all__ = ["perform", "finished", "data_sizes", "one_line", "LOG_LIMIT", "EMBEDDINGS_KEPT"]
@@ -93,7 +94,8 @@ def perform(payload: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(int(payload["threads"]))
     started = time.time()
     base = {"id": payload["id"], "host": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads(),
-            "started_at": started, "torch": torch.__version__}
+            "started_at": started, "torch": torch.__version__,
+            "sampler": cpu_route()}  # the CPU route of Λ: the fused and the eager sampler draw different streams
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):

@@ -25,6 +25,7 @@ from .. import functional as MF
 from ..evaluation.plots import new_figure, save_figure
 from ..methods import create_method
 from ..models import build_model
+from ..sampling import cpu_route
 
 __all__ = ["CLOCKS", "measure_speed", "plot_speed", "format_speed_table"]
 
@@ -135,8 +136,9 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
                 times[name].append(elapsed)
     median = {name: statistics.median(values) for name, values in times.items()}
     erm_time, dense_time = median["erm"], median["dense"]
+    route = cpu_route() if device.type == "cpu" else "torch"
     log(f"ERM step {erm_time * 1e3:.2f} ms; Dense MultiMix (defaults) step {dense_time * 1e3:.2f} ms = "
-        f"{dense_time / erm_time:.2f}x ERM")
+        f"{dense_time / erm_time:.2f}x ERM; Λ sampler: {route}")
     rows = []
     for n in ns:
         mm, passes = median[f"multimix {n}"], passes_of[n]
@@ -146,7 +148,7 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
                      "mixup_extrapolated": extrapolated_of[n], "multimix_over_erm_step": mm / erm_time,
                      "erm_step_s": erm_time, "dense_multimix_step_s": dense_time,
                      "dense_over_erm_step": dense_time / erm_time, "sampler_s": median[f"sampler {n}"],
-                     "write_s": median[f"write {n}"], "mixing_s": median[f"mixing {n}"]})
+                     "write_s": median[f"write {n}"], "mixing_s": median[f"mixing {n}"], "sampler": route})
         log(f"n = {n:>6}: MultiMix step {mm * 1e3:7.2f} ms = {mm / erm_time:6.2f}x ERM "
             f"(sampler {median[f'sampler {n}'] * 1e3:.2f} ms, write n*m floats {median[f'write {n}'] * 1e3:.2f} ms, "
             f"mixing {median[f'mixing {n}'] * 1e3:.2f} ms); {n / mm:,.0f} interpolated ex/s; input mixup {passes} "

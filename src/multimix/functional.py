@@ -352,10 +352,17 @@ def interpolate(lam: Tensor, x: Tensor) -> Tensor:
 
     The product runs in at least float32 with autocast off, so that rows of Λ
     that sum to 1 keep doing so; the result has dtype promote(x, float32).
+    For 2-D x (m, k) the result is laid out column-major (a transposed view
+    of (XᵀΛᵀ), strides (1, n)): with k a few classes and n in the thousands,
+    the ops that follow (a softmax or a loss over k, and their backward) then
+    run along n in memory, 1.7–2× faster than over rows of k (docs/results.md).
     """
     work = torch.promote_types(x.dtype, torch.float32)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        out = lam.to(device=x.device, dtype=work) @ x.reshape(x.shape[0], -1).to(work)
+        lam = lam.to(device=x.device, dtype=work)
+        if x.dim() == 2:
+            return (x.to(work).t() @ lam.t()).t()
+        out = lam @ x.reshape(x.shape[0], -1).to(work)
     return out.view(lam.shape[0], *x.shape[1:])
 
 

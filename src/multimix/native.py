@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -52,7 +53,8 @@ from typing import Optional
 import numpy as np
 import torch  # noqa: F401  # loaded before the library, so that torch's libgomp.so.1 is the process's copy
 
-__all__ = ["LANES", "MIN_ALPHA", "STEPS", "STREAM_ENTRIES", "dirichlet", "kernels", "rows_per_stream", "stream_outputs"]
+__all__ = ["LANES", "MIN_ALPHA", "STEPS", "STREAM_ENTRIES", "dirichlet", "kernels", "log_weight_floor", "rows_per_stream",
+           "stream_outputs"]
 
 STREAM_ENTRIES = 1 << 15  # entries per stream (rows_per_stream rows of m): the unit of work of a thread
 PARALLEL_ENTRIES = 1 << 17  # below, one thread: a parallel region costs ~10 µs, the work ~3 ns per entry
@@ -159,6 +161,13 @@ def stream_outputs(lib, seed: int, stream: int, refills: int) -> np.ndarray:
     return out
 
 
+def log_weight_floor(m: int, tiny: float) -> float:
+    """log(e·tiny·m): the lowest log-weight kept below a row's maximum (rows of m weights, ``tiny`` the dtype's
+    smallest normal number). Lower ones are raised to it, so no weight of a row is subnormal (≈ 1e-36 of the
+    largest in float32, far below what the row sum resolves). The one definition, for every CPU route."""
+    return math.log(tiny) + math.log(m) + 1.0
+
+
 def rows_per_stream(m: int) -> int:
     """Rows of m entries in one stream."""
     return max(1, STREAM_ENTRIES // m)
@@ -178,8 +187,8 @@ def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int =
         raise ValueError("out must be a C-contiguous (rows, m) float32 array")
     rows, m = out.shape
     per_stream = rows_per_stream(m)
-    if first_row % per_stream or (first_row + rows) // per_stream >= 2**32:
-        raise ValueError(f"first_row must be a multiple of {per_stream} below {per_stream} * 2^32")
+    if first_row < 0 or first_row % per_stream:
+        raise ValueError(f"first_row must be a non-negative multiple of {per_stream} (rows per stream), got {first_row}")
     if alpha < 1.0:
         kind, p, q = 0, 1.0 / alpha, 0.0
     elif alpha == 1.0:
@@ -187,5 +196,5 @@ def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int =
     else:
         d = alpha - 1.0 / 3.0
         kind, p, q = 2, d, 1.0 / (9.0 * d) ** 0.5
-    floor = float(np.log(np.finfo(np.float32).tiny) + np.log(m) + 1.0)
+    floor = log_weight_floor(m, float(np.finfo(np.float32).tiny))
     lib.dirichlet(seed, kind, p, q, floor, out.ctypes.data, first_row, rows, m, per_stream, PARALLEL_ENTRIES)

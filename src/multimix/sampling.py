@@ -141,8 +141,7 @@ def _softmax_without_subnormals(log_w: Tensor, out: Optional[Tensor] = None) -> 
     (≈ 1e-36 of the largest weight in float32) is far below what the row sum
     can resolve.
     """
-    m = log_w.shape[1]
-    floor = math.log(torch.finfo(log_w.dtype).tiny) + math.log(m) + 1.0
+    floor = native.log_weight_floor(log_w.shape[1], torch.finfo(log_w.dtype).tiny)
     w = torch.sub(log_w, log_w.amax(dim=1, keepdim=True), out=log_w if out is None else out)
     w.clamp_min_(floor).exp_()
     return w.mul_(w.sum(dim=1, keepdim=True).reciprocal_())

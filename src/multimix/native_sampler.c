@@ -69,8 +69,9 @@ void stream_outputs(uint64_t seed, uint64_t stream, long refills, uint64_t *out)
     }
 }
 
-/* U = (word + 1/2)·2^-32: the midpoints of 2^32 equal cells of (0, 1), never 0, so every logarithm is finite (which
-   -ffast-math assumes); float32 rounds U to 1 for the top 2^-25 of words, whose log, 0, callers treat. */
+/* U = (word + 1/2)·2^-32 in float32: the midpoint of one of 2^32 equal cells of (0, 1) (rounded to 24 bits above
+   2^-8), never 0, so every logarithm is finite (which -ffast-math assumes); float32 rounds U to 1 for the top 2^-25
+   of words, whose logarithm, 0, the callers treat. */
 static inline float unit(uint32_t w) { return ((float)w + 0.5f) * 2.3283064365386963e-10f; }
 
 /* One refill: candidates v[0..count) and acceptance flags ok[] (0 or 1) from OUTPUTS fresh outputs; returns count.

@@ -15,10 +15,13 @@ def test_measure_speed_reports_every_ratio_and_the_floors():
         assert r["dense_over_erm_step"] == r["dense_multimix_step_s"] / r["erm_step_s"] > 0
         assert r["sampler_s"] > 0 and r["write_s"] > 0 and r["mixing_s"] > 0
         assert r["sampler"] == cpu_route()  # which Λ sampler was timed
+        # one round: the median of the per-round ratios is that round's ratio
+        assert r["multimix_over_erm_paired"] == pytest.approx(r["multimix_over_erm_step"])
+        assert r["dense_over_erm_paired"] == pytest.approx(r["dense_over_erm_step"])
     assert rows[0]["erm_step_s"] == rows[1]["erm_step_s"]  # one ERM measurement, interleaved with all
     assert lines[0].startswith("ERM step") and "Dense MultiMix" in lines[0] and f"Λ sampler: {cpu_route()}" in lines[0]
     table = format_speed_table(rows)
-    assert table.count("\n| ") == 2 and "Dense MultiMix (defaults) step / ERM" in table
+    assert table.count("\n| ") == 2 and "Dense MultiMix (defaults) step / ERM" in table and "| paired |" in table
 
 
 def test_cpu_clock_and_its_check():

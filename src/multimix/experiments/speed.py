@@ -81,7 +81,9 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
 
     Returns:
         One row per n: step times (s) and their ratios to ERM's step
-        (``multimix_over_erm_step``, ``dense_over_erm_step``; the ERM and Dense
+        (``multimix_over_erm_step``, ``dense_over_erm_step``: ratios of
+        medians; ``..._paired``: medians of the per-round ratios, which a
+        drift of the machine between rounds does not move; the ERM and Dense
         entries are the same in every row), throughput in interpolated
         examples per second, and the floors ``sampler_s`` (Λ alone),
         ``write_s`` (writing n·m floats) and ``mixing_s`` (Λ·g(Z) and Λ·Y,
@@ -136,6 +138,12 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
                 times[name].append(elapsed)
     median = {name: statistics.median(values) for name, values in times.items()}
     erm_time, dense_time = median["erm"], median["dense"]
+
+    def paired(name: str) -> float:
+        """Median over rounds of the variant's step over ERM's step of the same round: a drift of the machine's
+        speed between rounds cancels."""
+        return statistics.median(t / e for t, e in zip(times[name], times["erm"]))
+
     route = cpu_route() if device.type == "cpu" else "torch"
     log(f"ERM step {erm_time * 1e3:.2f} ms; Dense MultiMix (defaults) step {dense_time * 1e3:.2f} ms = "
         f"{dense_time / erm_time:.2f}x ERM; Λ sampler: {route}")
@@ -148,8 +156,10 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
                      "mixup_extrapolated": extrapolated_of[n], "multimix_over_erm_step": mm / erm_time,
                      "erm_step_s": erm_time, "dense_multimix_step_s": dense_time,
                      "dense_over_erm_step": dense_time / erm_time, "sampler_s": median[f"sampler {n}"],
-                     "write_s": median[f"write {n}"], "mixing_s": median[f"mixing {n}"], "sampler": route})
+                     "write_s": median[f"write {n}"], "mixing_s": median[f"mixing {n}"], "sampler": route,
+                     "multimix_over_erm_paired": paired(f"multimix {n}"), "dense_over_erm_paired": paired("dense")})
         log(f"n = {n:>6}: MultiMix step {mm * 1e3:7.2f} ms = {mm / erm_time:6.2f}x ERM "
+            f"(paired {rows[-1]['multimix_over_erm_paired']:.2f}x) "
             f"(sampler {median[f'sampler {n}'] * 1e3:.2f} ms, write n*m floats {median[f'write {n}'] * 1e3:.2f} ms, "
             f"mixing {median[f'mixing {n}'] * 1e3:.2f} ms); {n / mm:,.0f} interpolated ex/s; input mixup {passes} "
             f"passes {passes * batch_size / mix:,.0f} ex/s{' (extrapolated)' if extrapolated_of[n] else ''}")
@@ -158,15 +168,16 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
 
 def format_speed_table(rows: List[Dict[str, Any]]) -> str:
     """The measured rows as a Markdown table (step / ERM, the parts of the extra cost, throughput)."""
-    lines = ["| n | MultiMix step / ERM | Λ sampler (ms) | write n·m floats (ms) | mixing fwd+bwd (ms) "
-             "| MultiMix ex/s | input mixup ex/s |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| n | MultiMix step / ERM | paired | Λ sampler (ms) | write n·m floats (ms) | mixing fwd+bwd (ms) "
+             "| MultiMix ex/s | input mixup ex/s |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['n']:,} | {r['multimix_over_erm_step']:.2f} | {r['sampler_s'] * 1e3:.2f} "
+        lines.append(f"| {r['n']:,} | {r['multimix_over_erm_step']:.2f} | {r['multimix_over_erm_paired']:.2f} "
+                     f"| {r['sampler_s'] * 1e3:.2f} "
                      f"| {r['write_s'] * 1e3:.2f} | {r['mixing_s'] * 1e3:.2f} | {r['multimix_examples_per_s']:,.0f} "
                      f"| {r['mixup_examples_per_s']:,.0f}{' (extrap.)' if r['mixup_extrapolated'] else ''} |")
     if rows:
         lines.append(f"\nERM step {rows[0]['erm_step_s'] * 1e3:.2f} ms; Dense MultiMix (defaults) step / ERM "
-                     f"{rows[0]['dense_over_erm_step']:.2f}.")
+                     f"{rows[0]['dense_over_erm_step']:.2f} (paired {rows[0]['dense_over_erm_paired']:.2f}).")
     return "\n".join(lines)
 
 

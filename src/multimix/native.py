@@ -57,7 +57,9 @@ __all__ = ["LANES", "MIN_ALPHA", "STEPS", "STREAM_ENTRIES", "dirichlet", "kernel
            "stream_outputs"]
 
 STREAM_ENTRIES = 1 << 15  # entries per stream (rows_per_stream rows of m): the unit of work of a thread
-PARALLEL_ENTRIES = 1 << 17  # below, one thread: a parallel region costs ~10 µs, the work ~3 ns per entry
+# from two streams on, threads share the work: torch's pool is awake (spinning) right after its own ops, so even
+# n = 1000 (m = 128, 4 streams) halves at two threads (0.45 -> 0.23 ms, benchmarks/sampler_threads.py --n 1000)
+PARALLEL_ENTRIES = 2 * STREAM_ENTRIES
 MIN_ALPHA = 1e-30  # below, 1/α leaves float32's range: such α take the eager sampler
 LANES, STEPS = 16, 32  # as in SOURCE_FILE: xoshiro256++ generators per stream, and steps of all of them per refill
 

@@ -271,6 +271,33 @@ class DenseMultiMix(MultiMix):
         class_mass = targets if targets.dim() == 2 else targets.mean(dim=2)
         return MF.class_activation_attention(source, weight, class_mass)
 
+    def mixed_positions(self, zf: Tensor, targets: Tensor, head, lam: Tensor, attention: Tensor
+                        ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """The per-position mix of dense embeddings zf (m, d, r) with targets Y (m, c) or (m, c, r) under Λ (n, m)
+        and attention a (m, r): (mixed logits (n, r, c), mixed targets (n, r, c), per-position logits g(z)
+        (m, c, r) or None when not needed, position weights (n, r) or None).
+
+        The weights w (n, m, r) are never built: each mix is one (n, m) × (m, c·r) product
+        (:func:`multimix.functional.dense_interpolate`). Targets and logits are mixed apart, so that the
+        backward product covers the logits only. Affine head: the mix of the per-position logits g(z_j);
+        otherwise g of the mixed embeddings. The position
+        weights (``position_weighting="attention"``) are the mixed attention masses Σ_i λ_ki a_ij, whose
+        rows sum to 1 over j: positions that carry little of any example's evidence count little.
+        """
+        r = zf.shape[2]
+        affine = self.is_affine(head)
+        position_targets = targets if targets.dim() > 2 else targets.unsqueeze(2).expand(-1, -1, r)
+        logits = MF.apply_per_position(head, zf) if self.clean_weight > 0 or affine else None  # (m, c, r)
+        mixed_targets = MF.dense_interpolate(lam, attention, position_targets)  # (n, r, c)
+        if affine:
+            mixed_logits = MF.dense_interpolate(lam, attention, logits.float())
+        else:
+            mixed_logits = head(MF.dense_interpolate(lam, attention, zf.float()).to(zf.dtype))
+        weights = None
+        if self.position_weighting != "uniform":
+            weights = (lam.to(attention.dtype) @ attention).detach()  # (n, r)
+        return mixed_logits, mixed_targets, logits, weights
+
     def __call__(self, z: Tensor, y: Tensor, head: Callable[[Tensor], Tensor], lam: Optional[Tensor] = None) -> Tensor:
         if isinstance(z, Tensor) and z.dim() < 3:
             raise ValueError(f"z must be dense features of shape (m, d, *spatial) with at least one spatial dim, "
@@ -284,22 +311,10 @@ class DenseMultiMix(MultiMix):
                                  f"got {tuple(targets.shape)}")
             targets = targets.flatten(2)  # (m, c, r)
         attention = self.attention_map(zf, targets, head)  # (m, r)
-        position_targets = targets if targets.dim() > 2 else targets.unsqueeze(2).expand(-1, -1, zf.shape[2])
-        need_clean_logits = self.clean_weight > 0 or self.is_affine(head)
-        logits = MF.apply_per_position(head, zf) if need_clean_logits else None  # (m, c, r)
-        # The weights w (n, m, r) are never built: each mix is one (n, m) × (m, c·r) product. Targets and
-        # logits are mixed apart so that the backward product covers the logits only.
-        mixed_targets = MF.dense_interpolate(lam, attention, position_targets)  # (n, r, c)
-        if self.is_affine(head):
-            mixed_logits = MF.dense_interpolate(lam, attention, logits.float())  # (n, r, c)
-        else:
-            mixed_logits = head(MF.dense_interpolate(lam, attention, zf.float()).to(z.dtype))  # (n, r, c)
-        if self.position_weighting == "uniform":
+        mixed_logits, mixed_targets, logits, position_weight = self.mixed_positions(zf, targets, head, lam, attention)
+        if position_weight is None:
             loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
         else:
-            # Weight position j of tuple k by its mixed attention mass Σ_i λ_ki a_ij (rows sum to 1 over j),
-            # so positions that carry little of any example's evidence count little.
-            position_weight = (lam.to(attention.dtype) @ attention).detach()  # (n, r)
             per_position = -(mixed_targets * torch.log_softmax(mixed_logits.float(), dim=-1)).sum(-1)  # (n, r)
             loss = (per_position * position_weight).sum(1).mean()
         if self.clean_weight > 0:

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from .. import distributed as D
-from .. import functional as MF
 from ..checks import check_choice
 from ..contract import dense_positions, pools_by_mean
 from ..embedding import DenseMultiMix, MultiMix
@@ -146,22 +145,10 @@ class DenseMultiMixMethod(MultiMixMethod):
             targets = targets.flatten(2)  # (m, c, r)
             if targets.shape[2] != r:
                 raise ValueError(f"per-position soft targets must have {r} positions, got {tuple(targets.shape)}")
-        affine = mix.is_affine(head)
         attention = mix.attention_map(zf, self.blend(targets), head)  # (m, r)
-        position_targets = targets if targets.dim() > 2 else targets.unsqueeze(2).expand(-1, -1, r)
-        logits = MF.apply_per_position(head, zf) if mix.clean_weight > 0 or affine else None  # (m, c, r)
-        # The weights w (n, m, r) are never built: each mix is one (n, m) × (m, c·r) product.
-        mixed_targets = MF.dense_interpolate(lam, attention, position_targets)  # (n, r, c)
-        if affine:
-            mixed_logits = MF.dense_interpolate(lam, attention, logits.float())  # (n, r, c)
-        else:
-            mixed_logits = head(MF.dense_interpolate(lam, attention, zf.float()).to(zf.dtype))  # (n, r, c)
+        mixed_logits, mixed_targets, logits, weights = mix.mixed_positions(zf, targets, head, lam, attention)
         c = mixed_logits.shape[-1]
-        row_weights = None
-        if mix.position_weighting != "uniform":
-            # Position j of tuple k weighs its mixed attention mass Σ_i λ_ki a_ij (rows sum to 1 over j), so
-            # positions that carry little of any example's evidence count little; the mean over the n tuples.
-            row_weights = ((lam.to(attention.dtype) @ attention).detach() / lam.shape[0]).reshape(-1)
+        row_weights = None if weights is None else (weights / lam.shape[0]).reshape(-1)  # the mean over n tuples
         width = mixed_targets.shape[-1]  # c, or 2c under the teacher's separate_term
         terms = self.terms_of("mixed", mixed_logits.reshape(-1, c), mixed_targets.reshape(-1, width),
                               row_weights=row_weights)
@@ -176,7 +163,7 @@ class DenseMultiMixMethod(MultiMixMethod):
                 z, pooled_logits = zf.mean(dim=2), logits.mean(dim=2) if logits is not None else None
             else:
                 z = model.pool(features)  # the model's own pooling (a ViT's class token)
-                pooled_logits = head(z) if affine else None
+                pooled_logits = head(z) if mix.is_affine(head) else None
             mixed_logits, mixed_targets, _ = mix.mixed(z, pooled_targets, head, lam, pooled_logits)
             terms += [term.scaled(mix.pooled_weight) for term in self.terms_of("pooled", mixed_logits, mixed_targets)]
         return terms

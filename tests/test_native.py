@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import multimix.functional as MF
-from multimix import native
+from multimix import native, sampling
 from multimix.sampling import NativeUnavailable
 
 MASK = 2**64 - 1
@@ -147,6 +147,10 @@ def test_native_is_refused_where_it_cannot_run(monkeypatch):
     with pytest.raises(NativeUnavailable, match="alpha"):
         MF.dirichlet(4, 4, 1e-31, generator=g, method="native")
     assert torch.isfinite(MF.dirichlet(4, 4, 1e-31, generator=g)).all()  # "auto" takes the eager sampler
+    meta = torch.device("meta")  # any device but the CPU
+    for method in ("native", "eager"):
+        with pytest.raises((NativeUnavailable, ValueError), match=f"method='{method}'"):
+            sampling.dirichlet_rows(4, 4, 0.5, generator=None, device=meta, dtype=torch.float32, method=method)
     monkeypatch.setenv("MULTIMIX_NATIVE", "0")
     with pytest.raises(NativeUnavailable, match="MULTIMIX_NATIVE=0"):
         MF.dirichlet(4, 4, 0.5, generator=g, method="native")

@@ -82,6 +82,9 @@ def dirichlet_rows(rows: int, m: int, alpha: float, *, generator: Optional[torch
                 f"compiled sampler (got device {device}, dtype {dtype}, alpha {alpha}, compiled: "
                 f"{native.kernels() is not None}; "
                 "MULTIMIX_NATIVE=0 turns it off); use method='auto'")
+    if method == "eager" and not on_cpu:
+        raise ValueError(f"method='eager' samples on the CPU (with a CPU generator), got device {device}; "
+                         "use method='auto' or 'torch'")
     if method in ("auto", "eager") and on_cpu:
         return _cpu_dirichlet(rows, m, alpha, generator, dtype)
     try:

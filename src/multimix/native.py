@@ -61,12 +61,14 @@ STREAM_ENTRIES = 1 << 15  # entries per stream (rows_per_stream rows of m): the 
 # n = 1000 (m = 128, 4 streams) halves at two threads (0.45 -> 0.23 ms, benchmarks/sampler_threads.py --n 1000)
 PARALLEL_ENTRIES = 2 * STREAM_ENTRIES
 MIN_ALPHA = 1e-30  # below, 1/α leaves float32's range: such α take the eager sampler
-LANES, STEPS = 16, 32  # as in SOURCE_FILE: xoshiro256++ generators per stream, and steps of all of them per refill
+# xoshiro256++ generators per stream, one per SIMD lane, and steps of all of them per refill (512 outputs: a multiple
+# of 16, which the AVX-512 compaction takes at a time); given to the compiler, their one definition
+LANES, STEPS = 16, 32
 
 SOURCE_FILE = "native_sampler.c"  # beside this module (package data)
 # -fopenmp links libgomp.so.1 by soname, so the process's copy, the one torch loaded, serves the library too: one
 # thread pool (no second team spinning against torch's), sized by torch.set_num_threads
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-c")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", f"-DLANES={LANES}", f"-DSTEPS={STEPS}", "-c")
 LIBS = ("-shared", "-fopenmp", "-lmvec", "-lm")
 COMPILE_SECONDS = 120
 

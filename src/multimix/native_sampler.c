@@ -9,8 +9,11 @@
 #include <immintrin.h>
 #endif
 
-#define LANES 16   /* xoshiro256++ generators stepped side by side, one per SIMD lane */
-#define STEPS 32   /* steps of all lanes per refill: 512 outputs of 64 bits, 1,024 words */
+/* LANES (xoshiro256++ generators stepped side by side, one per SIMD lane) and STEPS (steps of all lanes per
+   refill) are set by native.py on the command line, their one definition; OUTPUTS must be a multiple of 16. */
+#if !defined(LANES) || !defined(STEPS)
+#error "LANES and STEPS are set by multimix/native.py (-DLANES=... -DSTEPS=...)"
+#endif
 #define OUTPUTS (LANES * STEPS)
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -74,6 +77,16 @@ void stream_outputs(uint64_t seed, uint64_t stream, long refills, uint64_t *out)
    of words, whose logarithm, 0, the callers treat. */
 static inline float unit(uint32_t w) { return ((float)w + 0.5f) * 2.3283064365386963e-10f; }
 
+/* Marsaglia & Tsang (2000) for α > 1, d = α − 1/3, c = 1/√(9d): candidate v = t³ with t = 1 + c x for a normal x
+   (written to *cube), accepted (1) when t > 0 and x² + 6d log t − 2dv − 2 log U > −2d, U from `word`. */
+static inline int32_t marsaglia_tsang(float x, uint32_t word, float d, float c, float *cube) {
+    float t = 1.0f + c * x;
+    float v = t * t * t;
+    float test = x * x + 6.0f * d * logf(fmaxf(t, 1e-30f)) - 2.0f * d * v - 2.0f * logf(unit(word));
+    *cube = v;
+    return (t > 0.0f) & (test > -2.0f * d);
+}
+
 /* One refill: candidates v[0..count) and acceptance flags ok[] (0 or 1) from OUTPUTS fresh outputs; returns count.
    Each loop has one candidate per lane and 32-bit flags, so that gcc vectorises it (with libmvec's logf). */
 static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, int32_t *restrict ok) {
@@ -100,24 +113,16 @@ static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, in
         }
         return OUTPUTS;
     }
-    /* α > 1, p = d = α − 1/3, q = c = 1/√(9d): v = (1 + c x)³, x ~ N(0, 1) by Box–Muller from output i's words,
-       accepted when x² + 6d log t − 2dv − 2 log U > −2d with t = 1 + c x > 0 and U from a word of output
-       OUTPUTS/2 + i; two per pair of outputs */
+    /* α > 1, p = d = α − 1/3, q = c = 1/√(9d): two normals x by Box–Muller from output i's words, each tested with
+       a uniform from a word of output OUTPUTS/2 + i (marsaglia_tsang); two candidates per pair of outputs */
     const int half = OUTPUTS / 2;
     #pragma omp simd
     for (int i = 0; i < half; i++) {
         float radius = sqrtf(-2.0f * logf(unit(lo[i])));
         float angle = (float)hi[i] * 1.4629180792671596e-09f; /* 2π·2^-32 */
         /* sin θ as cos(π/2 − θ): gcc would fuse sinf and cosf of one angle into cexpif, which does not vectorise */
-        float xa = radius * cosf(angle), xb = radius * cosf(1.5707963267948966f - angle);
-        float ta = 1.0f + q * xa, tb = 1.0f + q * xb;
-        float ca = ta * ta * ta, cb = tb * tb * tb;
-        float testa = xa * xa + 6.0f * p * logf(fmaxf(ta, 1e-30f)) - 2.0f * p * ca - 2.0f * logf(unit(lo[half + i]));
-        float testb = xb * xb + 6.0f * p * logf(fmaxf(tb, 1e-30f)) - 2.0f * p * cb - 2.0f * logf(unit(hi[half + i]));
-        v[i] = ca;
-        v[half + i] = cb;
-        ok[i] = (ta > 0.0f) & (testa > -2.0f * p);
-        ok[half + i] = (tb > 0.0f) & (testb > -2.0f * p);
+        ok[i] = marsaglia_tsang(radius * cosf(angle), lo[half + i], p, q, &v[i]);
+        ok[half + i] = marsaglia_tsang(radius * cosf(1.5707963267948966f - angle), hi[half + i], p, q, &v[half + i]);
     }
     return OUTPUTS;
 }

@@ -71,17 +71,14 @@ def dirichlet_rows(rows: int, m: int, alpha: float, *, generator: Optional[torch
     (``"native"`` raises :class:`NativeUnavailable` where it cannot run).
     """
     on_cpu = device.type == "cpu"
-    runs_native = on_cpu and dtype == torch.float32 and alpha >= native.MIN_ALPHA
-    if method == "native" or (method == "auto" and runs_native):
-        lib = native.kernels() if runs_native else None
-        if lib is not None:
-            return _native_dirichlet(lib, rows, m, alpha, generator)
-        if method == "native":
-            raise NativeUnavailable(
-                f"method='native' needs a CPU generator or device, float32, alpha >= {native.MIN_ALPHA} and the "
-                f"compiled sampler (got device {device}, dtype {dtype}, alpha {alpha}, compiled: "
-                f"{native.kernels() is not None}; "
-                "MULTIMIX_NATIVE=0 turns it off); use method='auto'")
+    if method in ("auto", "native") and on_cpu and cpu_route(dtype, alpha) == "native":
+        return _native_dirichlet(native.kernels(), rows, m, alpha, generator)
+    if method == "native":
+        raise NativeUnavailable(
+            f"method='native' needs a CPU generator or device, float32, alpha >= {native.MIN_ALPHA} and the "
+            f"compiled sampler (got device {device}, dtype {dtype}, alpha {alpha}, compiled: "
+            f"{native.kernels() is not None}; "
+            "MULTIMIX_NATIVE=0 turns it off); use method='auto'")
     if method == "eager" and not on_cpu:
         raise ValueError(f"method='eager' samples on the CPU (with a CPU generator), got device {device}; "
                          "use method='auto' or 'torch'")
@@ -95,11 +92,12 @@ def dirichlet_rows(rows: int, m: int, alpha: float, *, generator: Optional[torch
         return dirichlet_rows(rows, m, alpha, generator=cpu, device=torch.device("cpu"), dtype=dtype).to(device)
 
 
-def cpu_route(dtype: torch.dtype = torch.float32) -> str:
-    """The CPU route ``method="auto"`` takes in ``dtype`` (for α ≥ ``native.MIN_ALPHA``): ``"native"`` when the
-    fused sampler compiled, else ``"eager"``. The routes draw different streams from one seed, so run records
-    name theirs."""
-    return "native" if dtype == torch.float32 and native.kernels() is not None else "eager"
+def cpu_route(dtype: torch.dtype = torch.float32, alpha: float = 1.0) -> str:
+    """The CPU route ``method="auto"`` takes for ``dtype`` and ``alpha``: ``"native"`` in float32 with
+    α ≥ ``native.MIN_ALPHA`` when the fused sampler compiled, else ``"eager"``. The routes draw different streams
+    from one seed, so run records name theirs."""
+    fused = dtype == torch.float32 and alpha >= native.MIN_ALPHA and native.kernels() is not None
+    return "native" if fused else "eager"
 
 
 class NativeUnavailable(RuntimeError):

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from ..engine import Trainer, TrainConfig
-from ..sampling import cpu_route
 from ..engine.trainer import Interrupted
+from ..sampling import cpu_route
 
 __all__ = ["perform", "finished", "data_sizes", "one_line", "LOG_LIMIT", "EMBEDDINGS_KEPT"]
 

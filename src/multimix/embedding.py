@@ -141,7 +141,7 @@ class MultiMix:
         # masked_scatter_ fills True entries in row-major order: row k gets weights[k].
         return lam.masked_scatter_(mask, weights)
 
-    def _prepare(self, z: Tensor, y: Tensor, head, lam: Optional[Tensor]):
+    def _prepare(self, z: Tensor, y: Tensor, head, lam: Optional[Tensor], sample: bool = True):
         if not isinstance(z, Tensor):
             raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
         if not callable(head):
@@ -153,15 +153,25 @@ class MultiMix:
         targets = MF.as_soft_targets(y, num_classes, batch_size=m, label_smoothing=self.label_smoothing)
         if y.is_floating_point():  # the loss is soft cross-entropy: rows must be probabilities
             MF.check_label_rows(targets, hint=MULTI_LABEL_HINT)
-        if lam is None:
-            lam = self.sample_lam(m, device=z.device)
-        else:
+        if lam is not None:
             MF.check_interpolation_matrix(lam, m)
-        return targets, lam.to(z.device)
+            return targets, lam.to(z.device)
+        return targets, self.sample_lam(m, device=z.device) if sample else None
 
     def is_affine(self, head) -> bool:
         """Whether the affine shortcut g(ΛZ) = Λ g(Z) applies to ``head``: ``affine``, else ``nn.Linear``."""
         return isinstance(head, nn.Linear) if self.affine is None else bool(self.affine)
+
+    def one_pass(self, head, m: int) -> bool:
+        """Whether the mixed loss of a batch of m is :func:`multimix.functional.mixed_cross_entropy` of g(Z) and Y
+        (one pass on the CPU, Λ never stored): an affine head, and Λ = ``dirichlet(n, m, α)`` itself (tuples of
+        the whole batch, one row per draw)."""
+        return self.is_affine(head) and (self.tuple_size is None or self.tuple_size >= m) and self.rows_per_draw == 1
+
+    def mixed_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The mixed loss of logits g(Z) (m, c) and targets Y (m, c) under a fresh Λ (where :meth:`one_pass`)."""
+        m = logits.shape[0]
+        return MF.mixed_cross_entropy(logits, targets, self.n, self.alpha_for(m), generator=self.generator)
 
     # -- the loss --------------------------------------------------------------------------
 
@@ -175,21 +185,23 @@ class MultiMix:
         """
         if self.is_affine(head):
             logits = head(z) if logits is None else logits
-            c, work = logits.shape[1], torch.promote_types(logits.dtype, targets.dtype)
-            mixed = MF.interpolate(lam, torch.cat([logits.to(work), targets.to(work)], dim=1))
-            return mixed[:, :c], mixed[:, c:], logits
+            return (*MF.interpolate_pair(lam, logits, targets), logits)
         return head(MF.interpolate(lam, z).to(z.dtype)), MF.interpolate(lam, targets), logits
 
     def __call__(self, z: Tensor, y: Tensor, head: Callable[[Tensor], Tensor], lam: Optional[Tensor] = None) -> Tensor:
         if isinstance(z, Tensor) and z.dim() != 2:
             raise ValueError(f"z must be pooled embeddings of shape (m, d), got {tuple(z.shape)}; "
                              "use DenseMultiMix for (m, d, *spatial)")
-        targets, lam = self._prepare(z, y, head, lam)
+        one_pass = lam is None and self.one_pass(head, z.shape[0])
+        targets, lam = self._prepare(z, y, head, lam, sample=not one_pass)
         if targets.dim() != 2:
             raise ValueError(f"soft targets y must have shape (m, c) for MultiMix, got {tuple(targets.shape)}")
-        logits = head(z) if self.clean_weight > 0 else None
-        mixed_logits, mixed_targets, logits = self.mixed(z, targets, head, lam, logits)
-        loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
+        logits = head(z) if self.clean_weight > 0 or one_pass else None
+        if one_pass:
+            loss = self.mixed_loss(logits, targets)
+        else:
+            mixed_logits, mixed_targets, logits = self.mixed(z, targets, head, lam, logits)
+            loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
         if self.clean_weight > 0:
             loss = loss + self.clean_weight * MF.soft_cross_entropy(logits, targets)
         return loss

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_choice, check_label_smoothing, check_positive, check_positive_int
+from . import fused
 from .sampling import DIRICHLET_METHODS, dirichlet_rows
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "check_label_rows",
     "soft_cross_entropy",
     "interpolate",
+    "mixed_cross_entropy",
+    "interpolate_pair",
     "flatten_positions",
     "apply_per_position",
     "uniform_attention",
@@ -365,6 +368,46 @@ def interpolate(lam: Tensor, x: Tensor) -> Tensor:
             return (x.to(work).t() @ lam.t()).t()
         out = lam @ x.reshape(x.shape[0], -1).to(work)
     return out.view(lam.shape[0], *x.shape[1:])
+
+
+def mixed_cross_entropy(logits: Tensor, targets: Tensor, n: int, alpha: float, *,
+                        generator: Optional[torch.Generator] = None) -> Tensor:
+    """MultiMix's mixed loss under the affine shortcut: ``soft_cross_entropy(interpolate(Λ, logits),
+    interpolate(Λ, targets))`` with Λ = ``dirichlet(n, m, alpha, generator=generator)``.
+
+    On the host in float32 with the fused sampler (:mod:`multimix.fused`) each
+    row of Λ is drawn, mixed, scored and back-propagated in one pass and Λ is
+    never stored: the same Λ (the same draw of the generator) and the same loss
+    and gradient up to float rounding, without writing and reading n·m floats.
+    Elsewhere, the three products as written. Targets with gradient take the
+    products too.
+
+    Args:
+        logits: (m, c) g(Z), the head's logits of the batch.
+        targets: (m, c) soft targets Y.
+        n: rows of Λ (interpolated examples).
+        alpha: Dirichlet concentration α.
+        generator: torch generator of Λ.
+
+    Returns:
+        0-d loss, in at least float32.
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape:
+        raise ValueError(f"logits and targets must both have shape (m, c), got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
+    n, alpha = check_positive_int(n, "n"), check_alpha(alpha)
+    if fused.applies(logits, targets, alpha, generator, on_host(logits)):
+        return fused.mixed_cross_entropy(logits, targets, n, alpha, generator)
+    lam = dirichlet(n, logits.shape[0], alpha, generator=generator, device=logits.device)
+    return soft_cross_entropy(*interpolate_pair(lam, logits, targets))
+
+
+def interpolate_pair(lam: Tensor, logits: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+    """(Λ·logits, Λ·targets) for logits and targets (m, c) under Λ (n, m), in one (n, m) × (m, 2c) product (Λ is
+    read once), in promote(logits, targets, float32)."""
+    c, work = logits.shape[1], torch.promote_types(logits.dtype, targets.dtype)
+    mixed = interpolate(lam, torch.cat([logits.to(work), targets.to(work)], dim=1))
+    return mixed[:, :c], mixed[:, c:]
 
 
 # ---------------------------------------------------------------------------

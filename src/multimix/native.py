@@ -53,13 +53,14 @@ from typing import Optional
 import numpy as np
 import torch  # noqa: F401  # loaded before the library, so that torch's libgomp.so.1 is the process's copy
 
-__all__ = ["LANES", "MIN_ALPHA", "STEPS", "STREAM_ENTRIES", "dirichlet", "kernels", "log_weight_floor", "rows_per_stream",
+__all__ = ["LANES", "MIN_ALPHA", "STEPS", "STREAM_ENTRIES", "dirichlet", "kernels", "log_weight_floor", "mix_cross_entropy", "partial_sums", "rows_per_stream",
            "stream_outputs"]
 
 STREAM_ENTRIES = 1 << 15  # entries per stream (rows_per_stream rows of m): the unit of work of a thread
 # from two streams on, threads share the work: torch's pool is awake (spinning) right after its own ops, so even
 # n = 1000 (m = 128, 4 streams) halves at two threads (0.45 -> 0.23 ms, benchmarks/sampler_threads.py --n 1000)
 PARALLEL_ENTRIES = 2 * STREAM_ENTRIES
+PARTIAL_FLOATS = 1 << 20  # the most floats of partial gradients mix_cross_entropy keeps (4 MB)
 MIN_ALPHA = 1e-30  # below, 1/α leaves float32's range: such α take the eager sampler
 # xoshiro256++ generators per stream, one per SIMD lane, and steps of all of them per refill (512 outputs: a multiple
 # of 16, which the AVX-512 compaction takes at a time); given to the compiler, their one definition
@@ -127,6 +128,9 @@ def _build(folder: Path, keep: bool) -> Optional[ctypes.CDLL]:
     lib.stream_outputs.argtypes = [u64, u64, long, ptr]
     lib.dirichlet.argtypes = [u64, ctypes.c_int, f32, f32, f32, ptr, long, long, long, long, long]
     lib.stream_outputs.restype = lib.dirichlet.restype = None
+    lib.mix_cross_entropy.argtypes = [u64, ctypes.c_int, f32, f32, f32, long, long, long, ptr, f32, long, long, long,
+                                      ptr, ptr]
+    lib.mix_cross_entropy.restype = ctypes.c_int
     lib.max_threads.argtypes, lib.max_threads.restype = [], ctypes.c_int
     return lib
 
@@ -185,14 +189,55 @@ def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int =
     torch's OpenMP threads (``torch.set_num_threads``); the result is the same
     for any thread count.
     """
-    if not MIN_ALPHA <= alpha < float("inf"):
-        raise ValueError(f"alpha must be in [{MIN_ALPHA}, inf) for the fused sampler, got {alpha}")
-    if out.dtype != np.float32 or out.ndim != 2 or not out.flags.c_contiguous:
-        raise ValueError("out must be a C-contiguous (rows, m) float32 array")
-    rows, m = out.shape
+    rows, m = _check_rows(out, "out")
     per_stream = rows_per_stream(m)
     if first_row < 0 or first_row % per_stream:
         raise ValueError(f"first_row must be a non-negative multiple of {per_stream} (rows per stream), got {first_row}")
+    lib.dirichlet(seed, *_law(alpha, m), out.ctypes.data, first_row, rows, m, per_stream, PARALLEL_ENTRIES)
+
+
+def partial_sums(n: int, m: int, c: int) -> int:
+    """The groups of consecutive streams whose sums :func:`mix_cross_entropy` keeps apart (then adds in order):
+    at most 64, and at most ``PARTIAL_FLOATS`` floats of partial gradients; a function of the shapes alone, so that
+    the result does not depend on the thread count."""
+    streams = -(-n // rows_per_stream(m))
+    return max(1, min(streams, 64, PARTIAL_FLOATS // (c * m)))
+
+
+def mix_cross_entropy(lib, logits_t: np.ndarray, targets_t: np.ndarray, n: int, alpha: float, seed: int
+                      ) -> "tuple[float, np.ndarray]":
+    """MultiMix's mixed loss without storing Λ: (L, ∂L/∂Zᵀ (c, m)) for L = mean over the n rows λ_k of Λ of
+    −Σ_c ỹ_kc log softmax(f̃_k)_c, f̃_k = Zᵀλ_k, ỹ_k = Yᵀλ_k, where Λ is :func:`dirichlet`'s (n, m) under the same
+    ``seed`` and α. ``logits_t`` Zᵀ and ``targets_t`` Yᵀ are (c, m) float32 C-contiguous (class-major).
+
+    Each row is drawn, mixed, scored and back-propagated while it is in the L1 cache: the cost is the sampler's
+    plus 3·c multiply-adds per entry of Λ, and no n·m array is written or read.
+    """
+    c, m = _check_rows(logits_t, "logits_t")
+    if targets_t.shape != (c, m) or _check_rows(targets_t, "targets_t") != (c, m):
+        raise ValueError(f"targets_t must have the shape of logits_t {(c, m)}, got {targets_t.shape}")
+    groups = partial_sums(n, m, c)
+    w = np.concatenate([logits_t, targets_t])  # (2c, m): one pass over each row of Λ gives both mixes
+    loss = np.empty(groups, dtype=np.float64)
+    grad = np.empty((groups, c, m), dtype=np.float32)
+    failed = lib.mix_cross_entropy(seed, *_law(alpha, m), n, m, c, w.ctypes.data,
+                                   1.0 / n, rows_per_stream(m), groups, PARALLEL_ENTRIES, loss.ctypes.data,
+                                   grad.ctypes.data)
+    if failed:
+        raise MemoryError(f"mix_cross_entropy: no memory for a scratch row of {m + 3 * c} floats")
+    return float(loss.sum()) / n, grad.sum(axis=0)
+
+
+def _check_rows(a: np.ndarray, name: str) -> "tuple[int, int]":
+    if a.dtype != np.float32 or a.ndim != 2 or not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous 2-D float32 array, got {a.dtype} {a.shape}")
+    return a.shape
+
+
+def _law(alpha: float, m: int) -> "tuple[int, float, float, float]":
+    """(kind, p, q, floor) of the C law for Dir(α·1_m)."""
+    if not MIN_ALPHA <= alpha < float("inf"):
+        raise ValueError(f"alpha must be in [{MIN_ALPHA}, inf) for the fused sampler, got {alpha}")
     if alpha < 1.0:
         kind, p, q = 0, 1.0 / alpha, 0.0
     elif alpha == 1.0:
@@ -200,5 +245,4 @@ def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int =
     else:
         d = alpha - 1.0 / 3.0
         kind, p, q = 2, d, 1.0 / (9.0 * d) ** 0.5
-    floor = log_weight_floor(m, float(np.finfo(np.float32).tiny))
-    lib.dirichlet(seed, kind, p, q, floor, out.ctypes.data, first_row, rows, m, per_stream, PARALLEL_ENTRIES)
+    return kind, p, q, log_weight_floor(m, float(np.finfo(np.float32).tiny))

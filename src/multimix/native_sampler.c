@@ -3,9 +3,10 @@
    accepted candidates and the row normalisation in one loop per stream of rows. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -127,15 +128,40 @@ static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, in
     return OUTPUTS;
 }
 
-/* Move the accepted candidates of v[0..size) to its front, in order; returns their count. */
+#if !defined(__AVX512F__) && defined(__AVX2__)
+/* For each 8-bit mask of accepted lanes, the lanes to move to the front, in order (then the rejected ones'
+   positions, whose values are overwritten later): filled when the library loads. */
+static uint8_t keep_order[256][8];
+
+__attribute__((constructor)) static void fill_keep_order(void) {
+    for (int mask = 0; mask < 256; mask++) {
+        int k = 0;
+        for (int l = 0; l < 8; l++)
+            if (mask >> l & 1) keep_order[mask][k++] = (uint8_t)l;
+        for (int l = 0; l < 8; l++)
+            if (!(mask >> l & 1)) keep_order[mask][k++] = (uint8_t)l;
+    }
+}
+#endif
+
+/* Move the accepted candidates of v[0..size) to its front, in order; returns their count. The store of a chunk
+   ends before the next chunk starts (k <= i), so in place is safe. */
 static int compact(float *v, const int32_t *ok, int size) {
     int k = 0;
 #if defined(__AVX512F__)
-    /* 16 at a time: the store of a chunk ends before the next chunk starts (k <= i), so in place is safe */
-    for (int i = 0; i < size; i += 16) {
+    for (int i = 0; i < size; i += 16) { /* 16 at a time: AVX-512's compress */
         __m512 x = _mm512_loadu_ps(v + i);
         __mmask16 keep = _mm512_test_epi32_mask(_mm512_loadu_si512((const void *)(ok + i)), _mm512_set1_epi32(-1));
         _mm512_storeu_ps(v + k, _mm512_maskz_compress_ps(keep, x));
+        k += __builtin_popcount((unsigned)keep);
+    }
+#elif defined(__AVX2__)
+    for (int i = 0; i < size; i += 8) { /* 8 at a time: a permutation from keep_order */
+        __m256 x = _mm256_loadu_ps(v + i);
+        __m256i flags = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(ok + i)), 31); /* 1 -> sign bit */
+        int keep = _mm256_movemask_ps(_mm256_castsi256_ps(flags));
+        __m256i order = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)keep_order[keep]));
+        _mm256_storeu_ps(v + k, _mm256_permutevar8x32_ps(x, order));
         k += __builtin_popcount((unsigned)keep);
     }
 #else
@@ -147,61 +173,179 @@ static int compact(float *v, const int32_t *ok, int size) {
     return k;
 }
 
+/* A stream of a call's rows: its lanes and the accepted candidates of its last refill not yet used,
+   v[pos..size). */
+typedef struct {
+    lanes_t st;
+    float v[2 * OUTPUTS];
+    int32_t ok[2 * OUTPUTS];
+    int pos, size;
+} stream_t;
+
+/* The law of the rows: kind 0: α < 1 (p = 1/α), 1: α = 1, 2: α > 1 (p = d, q = c); floor_: log-weights below
+   the row maximum are raised to it (kind 0). */
+typedef struct { int kind; float p, q, floor_; } law_t;
+
+static void start_stream(stream_t *s, uint64_t seed, uint64_t index) {
+    seed_lanes(&s->st, seed, index);
+    s->pos = s->size = 0;
+}
+
+/* The stream's next row o[0..m): the next m accepted candidates, in order, normalised. */
+static void next_row(const law_t *law, stream_t *s, float *restrict o, long m) {
+    long k = 0;
+    while (k < m) {
+        if (s->pos == s->size) {
+            s->size = refill(law->kind, law->p, law->q, &s->st, s->v, s->ok);
+            if (law->kind != 1) /* α = 1 rejects nothing */
+                s->size = compact(s->v, s->ok, s->size);
+            s->pos = 0;
+        }
+        long take = m - k < s->size - s->pos ? m - k : s->size - s->pos;
+        memcpy(o + k, s->v + s->pos, (size_t)take * sizeof(float));
+        k += take;
+        s->pos += (int)take;
+    }
+    if (law->kind == 0) { /* softmax in log space, floored */
+        float top = o[0], sum = 0.0f, floor_ = law->floor_;
+        for (long j = 1; j < m; j++) top = o[j] > top ? o[j] : top;
+        #pragma omp simd reduction(+:sum)
+        for (long j = 0; j < m; j++) {
+            float x = o[j] - top;
+            x = expf(x < floor_ ? floor_ : x);
+            o[j] = x;
+            sum += x;
+        }
+        float inv = 1.0f / sum;
+        #pragma omp simd
+        for (long j = 0; j < m; j++) o[j] *= inv;
+    } else {
+        float sum = 0.0f;
+        #pragma omp simd reduction(+:sum)
+        for (long j = 0; j < m; j++) sum += o[j];
+        float inv = 1.0f / sum;
+        #pragma omp simd
+        for (long j = 0; j < m; j++) o[j] *= inv;
+    }
+}
+
 /* Rows [first_row, first_row + rows) of a call's Λ (out points at first_row's row; first_row is a multiple of
-   rows_per_stream). kind 0: α < 1 (p = 1/α), 1: α = 1, 2: α > 1 (p = d, q = c); floor: log-weights below the
-   row maximum are raised to it (kind 0). Streams are shared out between the OpenMP threads (the runtime torch
-   loaded, whose thread count torch.set_num_threads sets) from parallel_entries entries on; a stream's rows depend
-   on the seed and the stream's index alone. */
+   rows_per_stream). Streams are shared out between the OpenMP threads (the runtime torch loaded, whose thread
+   count torch.set_num_threads sets) from parallel_entries entries on; a stream's rows depend on the seed and the
+   stream's index alone. */
 void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *out, long first_row,
                long rows, long m, long rows_per_stream, long parallel_entries) {
+    const law_t law = {kind, p, q, floor_};
     long streams = (rows + rows_per_stream - 1) / rows_per_stream;
     #pragma omp parallel for schedule(static) if (rows * m >= parallel_entries)
     for (long s = 0; s < streams; s++) {
-        float v[2 * OUTPUTS];
-        int32_t ok[2 * OUTPUTS];
-        lanes_t st;
+        stream_t stream;
         long done = s * rows_per_stream;
         long stop = done + rows_per_stream < rows ? done + rows_per_stream : rows;
-        int pos = 0, size = 0; /* v[pos..size): accepted candidates not yet used */
-        seed_lanes(&st, seed, (uint64_t)((first_row + done) / rows_per_stream));
-        for (long r = done; r < stop; r++) {
-            float *o = out + r * m;
-            long k = 0;
-            while (k < m) { /* the next m accepted candidates of the stream, in order */
-                if (pos == size) {
-                    size = refill(kind, p, q, &st, v, ok);
-                    if (kind != 1) /* α = 1 rejects nothing */
-                        size = compact(v, ok, size);
-                    pos = 0;
-                }
-                long take = m - k < size - pos ? m - k : size - pos;
-                memcpy(o + k, v + pos, (size_t)take * sizeof(float));
-                k += take;
-                pos += (int)take;
-            }
-            if (kind == 0) { /* softmax in log space, floored */
-                float top = o[0], sum = 0.0f;
-                for (long j = 1; j < m; j++) top = o[j] > top ? o[j] : top;
-                #pragma omp simd reduction(+:sum)
-                for (long j = 0; j < m; j++) {
-                    float x = o[j] - top;
-                    x = expf(x < floor_ ? floor_ : x);
-                    o[j] = x;
-                    sum += x;
-                }
-                float inv = 1.0f / sum;
-                #pragma omp simd
-                for (long j = 0; j < m; j++) o[j] *= inv;
-            } else {
-                float sum = 0.0f;
-                #pragma omp simd reduction(+:sum)
-                for (long j = 0; j < m; j++) sum += o[j];
-                float inv = 1.0f / sum;
-                #pragma omp simd
-                for (long j = 0; j < m; j++) o[j] *= inv;
-            }
+        start_stream(&stream, seed, (uint64_t)((first_row + done) / rows_per_stream));
+        for (long r = done; r < stop; r++) next_row(&law, &stream, out + r * m, m);
+    }
+}
+
+/* out[k] = Σ_j lam[j]·w[k·m + j] for k < rows: four rows of w per pass over lam, so that each load of lam serves
+   four multiply-adds. */
+static void products(const float *restrict lam, const float *restrict w, long rows, long m, float *restrict out) {
+    long k = 0;
+    for (; k + 4 <= rows; k += 4) {
+        const float *w0 = w + k * m, *w1 = w0 + m, *w2 = w1 + m, *w3 = w2 + m;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        #pragma omp simd reduction(+:s0, s1, s2, s3)
+        for (long j = 0; j < m; j++) {
+            s0 += lam[j] * w0[j];
+            s1 += lam[j] * w1[j];
+            s2 += lam[j] * w2[j];
+            s3 += lam[j] * w3[j];
+        }
+        out[k] = s0; out[k + 1] = s1; out[k + 2] = s2; out[k + 3] = s3;
+    }
+    for (; k < rows; k++) {
+        const float *wk = w + k * m;
+        float s0 = 0.0f;
+        #pragma omp simd reduction(+:s0)
+        for (long j = 0; j < m; j++) s0 += lam[j] * wk[j];
+        out[k] = s0;
+    }
+}
+
+/* One row λ (m) of Λ against w = [Zᵀ; Yᵀ] (2c, m), class-major logits and targets: returns the soft cross-entropy
+   ℓ = logsumexp(f)·Σt − Σ_k t_k f_k of the mixed logits f = Zᵀλ and targets t = Yᵀλ, and adds its gradient with
+   respect to Z, scaled, to grad (c, m): ∂ℓ/∂Z_jk = λ_j (softmax(f)_k Σt − t_k). ft is scratch (3c). */
+static double mix_row(const float *restrict lam, long m, long c, const float *restrict w, float scale,
+                      float *restrict grad, float *restrict ft) {
+    float *restrict f = ft, *restrict t = ft + c, *restrict e = ft + 2 * c;
+    products(lam, w, 2 * c, m, ft);
+    float top = -INFINITY, mass = 0.0f, linear = 0.0f, total = 0.0f;
+    for (long k = 0; k < c; k++) top = f[k] > top ? f[k] : top;
+    #pragma omp simd reduction(+:mass, linear, total)
+    for (long k = 0; k < c; k++) {
+        e[k] = expf(f[k] - top);
+        total += e[k];
+        mass += t[k];
+        linear += t[k] * f[k];
+    }
+    float share = mass / total;
+    long k = 0;
+    for (; k + 2 <= c; k += 2) { /* two classes per pass over λ */
+        float g0 = (e[k] * share - t[k]) * scale, g1 = (e[k + 1] * share - t[k + 1]) * scale;
+        float *restrict o0 = grad + k * m, *restrict o1 = o0 + m;
+        #pragma omp simd
+        for (long j = 0; j < m; j++) {
+            o0[j] += g0 * lam[j];
+            o1[j] += g1 * lam[j];
         }
     }
+    for (; k < c; k++) {
+        float g0 = (e[k] * share - t[k]) * scale;
+        float *restrict o0 = grad + k * m;
+        #pragma omp simd
+        for (long j = 0; j < m; j++) o0[j] += g0 * lam[j];
+    }
+    return ((double)top + log((double)total)) * mass - linear;
+}
+
+/* MultiMix's mixed loss in one pass, Λ never stored: for rows 0..n of the call's Λ (the rows dirichlet() draws
+   under the same seed and law), the sum of mix_row over the rows of each of `groups` groups of consecutive
+   streams, into loss[g], and their gradients, scaled, into grad[g] (c, m), zeroed here. A group's result depends
+   on the seed and the group alone; groups are shared out between the OpenMP threads from parallel_entries
+   entries on. Returns 0, or 1 when a thread could not allocate its scratch row (the results are then unset). */
+int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, long n, long m, long c,
+                       const float *w, float scale, long rows_per_stream, long groups,
+                       long parallel_entries, double *loss, float *grad) {
+    const law_t law = {kind, p, q, floor_};
+    long streams = (n + rows_per_stream - 1) / rows_per_stream;
+    int failed = 0;
+    #pragma omp parallel if (n * m >= parallel_entries)
+    {
+        float *lam = malloc((size_t)(m + 3 * c) * sizeof(float)); /* a row of Λ, then mix_row's scratch */
+        if (lam == NULL) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (long g = 0; g < groups; g++) {
+            if (lam == NULL) continue;
+            float *part = grad + g * c * m;
+            double sum = 0.0;
+            memset(part, 0, (size_t)(c * m) * sizeof(float));
+            for (long s = g * streams / groups; s < (g + 1) * streams / groups; s++) {
+                stream_t stream;
+                long stop = (s + 1) * rows_per_stream < n ? (s + 1) * rows_per_stream : n;
+                start_stream(&stream, seed, (uint64_t)s);
+                for (long r = s * rows_per_stream; r < stop; r++) {
+                    next_row(&law, &stream, lam, m);
+                    sum += mix_row(lam, m, c, w, scale, part, lam + m);
+                }
+            }
+            loss[g] = sum;
+        }
+        free(lam);
+    }
+    return failed;
 }
 
 /* The threads a parallel region of this library would use (tests: that it is torch's OpenMP runtime). */

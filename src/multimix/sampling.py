@@ -52,7 +52,7 @@ from torch import Tensor
 
 from . import native
 
-__all__ = ["DIRICHLET_METHODS", "NativeUnavailable", "cpu_route", "dirichlet_rows"]
+__all__ = ["DIRICHLET_METHODS", "NativeUnavailable", "cpu_route", "dirichlet_rows", "native_seed"]
 
 DIRICHLET_METHODS = ("auto", "native", "eager", "torch")
 BLOCK_ENTRIES = 1 << 17  # entries per block on the CPU: the block's scratch (≈ 2 MB) stays in cache
@@ -104,9 +104,14 @@ class NativeUnavailable(RuntimeError):
     """``method="native"`` was asked for where the fused sampler cannot run."""
 
 
+def native_seed(generator: Optional[torch.Generator]) -> int:
+    """The fused sampler's seed of a call: one 63-bit draw of the (CPU) ``generator``; a host read, no device sync."""
+    return int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
+
+
 @torch.compiler.disable  # a foreign function on host memory: always eager, also inside a compiled step
 def _native_dirichlet(lib, rows, m, alpha, generator) -> Tensor:
-    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))  # a CPU generator: no device sync
+    seed = native_seed(generator)
     lam = torch.empty(rows, m, dtype=torch.float32)
     native.dirichlet(lib, lam.numpy(), alpha, seed)  # on torch's threads; the same Λ for any number
     return lam

@@ -100,11 +100,17 @@ class MultiMixMethod(Method):
         z, targets = self._scoped(model.pool(model.encode(x)), targets)
         if z.dim() != 2:
             raise ValueError(f"model.pool must give embeddings (m, d), got {tuple(z.shape)}")
-        lam = self.sample_lam(z.shape[0], z.device)
         head = model.head
-        logits = head(z) if self.mix.clean_weight > 0 else None
-        mixed_logits, mixed_targets, logits = self.mix.mixed(z, targets, head, lam, logits)
-        terms = self.terms_of("mixed", mixed_logits, mixed_targets)
+        # one pass (MultiMix.one_pass) needs the default criterion and targets of c columns (not the teacher's 2c)
+        one_pass = self.objective.soft_cross_entropy and self.mix.one_pass(head, z.shape[0])
+        logits = head(z) if self.mix.clean_weight > 0 or one_pass else None
+        if one_pass and targets.shape == logits.shape:
+            self.draws(z.device)
+            terms = [LossTerm("mixed", value=self.mix.mixed_loss(logits, targets))]
+        else:
+            lam = self.sample_lam(z.shape[0], z.device)
+            mixed_logits, mixed_targets, logits = self.mix.mixed(z, targets, head, lam, logits)
+            terms = self.terms_of("mixed", mixed_logits, mixed_targets)
         if self.mix.clean_weight > 0:
             terms += self.terms_of("clean", logits, targets, self.mix.clean_weight)
         return terms

@@ -85,6 +85,11 @@ class Objective:
         return f"Objective({getattr(self.criterion, '__name__', self.criterion)!s})"
 
     @property
+    def soft_cross_entropy(self) -> bool:
+        """Whether the criterion is the default, :func:`multimix.losses.soft_cross_entropy`."""
+        return self.criterion is losses.soft_cross_entropy
+
+    @property
     def multi_label(self) -> bool:
         """Whether the criterion takes target rows that do not sum to 1 (multi-hot labels)."""
         return bool(getattr(self.criterion, "multi_label", False))

@@ -46,10 +46,10 @@ class _FusedMixedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, n: int, alpha: float, seed: int) -> Tensor:
-        work_t = logits.detach().to(torch.float32).t().contiguous()  # (c, m): class-major, as the kernel reads it
-        targets_t = targets.detach().to(torch.float32).t().contiguous()
-        loss, grad_t = native.mix_cross_entropy(native.kernels(), work_t.numpy(), targets_t.numpy(), n, alpha, seed)
-        ctx.save_for_backward(torch.from_numpy(grad_t).t())  # (m, c) view of the (c, m) array
+        work = logits.detach().to(torch.float32).contiguous()
+        loss, grad = native.mix_cross_entropy(native.kernels(), work.numpy(),
+                                              targets.detach().to(torch.float32).contiguous().numpy(), n, alpha, seed)
+        ctx.save_for_backward(torch.from_numpy(grad))
         ctx.logits_dtype = logits.dtype
         return torch.tensor(loss, dtype=torch.float32)
 

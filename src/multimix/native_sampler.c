@@ -247,81 +247,139 @@ void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *o
     }
 }
 
-/* out[k] = Σ_j lam[j]·w[k·m + j] for k < rows: four rows of w per pass over lam, so that each load of lam serves
-   four multiply-adds. */
-static void products(const float *restrict lam, const float *restrict w, long rows, long m, float *restrict out) {
-    long k = 0;
-    for (; k + 4 <= rows; k += 4) {
-        const float *w0 = w + k * m, *w1 = w0 + m, *w2 = w1 + m, *w3 = w2 + m;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-        #pragma omp simd reduction(+:s0, s1, s2, s3)
-        for (long j = 0; j < m; j++) {
-            s0 += lam[j] * w0[j];
-            s1 += lam[j] * w1[j];
-            s2 += lam[j] * w2[j];
-            s3 += lam[j] * w3[j];
-        }
-        out[k] = s0; out[k + 1] = s1; out[k + 2] = s2; out[k + 3] = s3;
+/* Columns of the mixing operands are padded to a multiple of CHUNK (zeros), so that the loops over them are
+   whole vectors. */
+#if !defined(CHUNK)
+#error "CHUNK is set by multimix/native.py (-DCHUNK=...)"
+#endif
+
+/* The entries of λ (m) that can move a product Σ_j λ_j x_j in float32, in order, into idx; returns their count:
+   those ≥ max λ · 2^-24 / m. The others add up to less than 2^-24 max λ, below the rounding of the largest term.
+   At the default concentration (α = 1/m) about 20 of m = 128 entries are kept; at α ≥ 1 nearly all. */
+static long significant(const float *restrict lam, long m, int32_t *restrict idx) {
+    float top = 0.0f;
+    #pragma omp simd reduction(max:top)
+    for (long j = 0; j < m; j++) top = lam[j] > top ? lam[j] : top;
+    float bar = top * (5.9604645e-08f / (float)m);
+    long k = 0, j = 0;
+#if !defined(__AVX512F__) && defined(__AVX2__)
+    __m256 bars = _mm256_set1_ps(bar);
+    __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; j + 8 <= m; j += 8) { /* 8 at a time: the indices of the kept lanes moved to the front (keep_order) */
+        int keep = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(lam + j), bars, _CMP_GE_OQ));
+        __m256i order = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)keep_order[keep]));
+        __m256i at = _mm256_add_epi32(_mm256_permutevar8x32_epi32(lanes, order), _mm256_set1_epi32((int)j));
+        _mm256_storeu_si256((__m256i *)(idx + k), at);
+        k += __builtin_popcount((unsigned)keep);
     }
-    for (; k < rows; k++) {
-        const float *wk = w + k * m;
-        float s0 = 0.0f;
-        #pragma omp simd reduction(+:s0)
-        for (long j = 0; j < m; j++) s0 += lam[j] * wk[j];
-        out[k] = s0;
+#endif
+    for (; j < m; j++) {
+        idx[k] = (int32_t)j;
+        k += lam[j] >= bar ? 1 : 0;
+    }
+    return k;
+}
+
+/* ft[0..w) = Σ_i λ_idx[i] zy[idx[i]] over the kept entries. */
+static void gather(const float *restrict lam, const int32_t *restrict idx, long kept, const float *restrict zy,
+                   long w, float *restrict ft) {
+#if defined(__AVX2__) && defined(__FMA__)
+    if (w <= 32) { /* up to 16 classes: the sums in registers, two sets for alternate entries (two FMA chains) */
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        long i = 0;
+        for (; i + 2 <= kept; i += 2) {
+            __m256 l0 = _mm256_set1_ps(lam[idx[i]]), l1 = _mm256_set1_ps(lam[idx[i + 1]]);
+            const float *r0 = zy + (long)idx[i] * w, *r1 = zy + (long)idx[i + 1] * w;
+            a0 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0), a0);
+            b0 = _mm256_fmadd_ps(l1, _mm256_loadu_ps(r1), b0);
+            if (w > 8) {
+                a1 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0 + 8), a1);
+                b1 = _mm256_fmadd_ps(l1, _mm256_loadu_ps(r1 + 8), b1);
+            }
+            if (w > 16) {
+                a2 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0 + 16), a2);
+                b2 = _mm256_fmadd_ps(l1, _mm256_loadu_ps(r1 + 16), b2);
+            }
+            if (w > 24) {
+                a3 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0 + 24), a3);
+                b3 = _mm256_fmadd_ps(l1, _mm256_loadu_ps(r1 + 24), b3);
+            }
+        }
+        if (i < kept) {
+            __m256 l0 = _mm256_set1_ps(lam[idx[i]]);
+            const float *r0 = zy + (long)idx[i] * w;
+            a0 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0), a0);
+            if (w > 8) a1 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0 + 8), a1);
+            if (w > 16) a2 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0 + 16), a2);
+            if (w > 24) a3 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0 + 24), a3);
+        }
+        _mm256_storeu_ps(ft, _mm256_add_ps(a0, b0));
+        if (w > 8) _mm256_storeu_ps(ft + 8, _mm256_add_ps(a1, b1));
+        if (w > 16) _mm256_storeu_ps(ft + 16, _mm256_add_ps(a2, b2));
+        if (w > 24) _mm256_storeu_ps(ft + 24, _mm256_add_ps(a3, b3));
+        return;
+    }
+#endif
+    memset(ft, 0, (size_t)w * sizeof(float));
+    for (long i = 0; i < kept; i++) {
+        float l = lam[idx[i]];
+        const float *restrict row = zy + (long)idx[i] * w;
+        #pragma omp simd
+        for (long k = 0; k < w; k++) ft[k] += l * row[k];
     }
 }
 
-/* One row λ (m) of Λ against w = [Zᵀ; Yᵀ] (2c, m), class-major logits and targets: returns the soft cross-entropy
-   ℓ = logsumexp(f)·Σt − Σ_k t_k f_k of the mixed logits f = Zᵀλ and targets t = Yᵀλ, and adds its gradient with
-   respect to Z, scaled, to grad (c, m): ∂ℓ/∂Z_jk = λ_j (softmax(f)_k Σt − t_k). ft is scratch (3c). */
-static double mix_row(const float *restrict lam, long m, long c, const float *restrict w, float scale,
-                      float *restrict grad, float *restrict ft) {
-    float *restrict f = ft, *restrict t = ft + c, *restrict e = ft + 2 * c;
-    products(lam, w, 2 * c, m, ft);
+/* One row λ (m) of Λ against zy (m, 2v): row j holds example j's logits z_j (c) and zeros to v, then its
+   targets y_j (c) and zeros to 2v; v ≥ c is a multiple of CHUNK. Returns the soft cross-entropy
+   ℓ = logsumexp(f)·Σt − Σ_k t_k f_k of the mixed logits f = Σ_j λ_j z_j and targets t = Σ_j λ_j y_j, and adds
+   its gradient with respect to the logits, scaled, to grad (m, v): ∂ℓ/∂z_j = λ_j (softmax(f) Σt − t). Only the
+   entries of significant() take part. scratch: 3v + m floats. */
+static float mix_row(const float *restrict lam, long m, long c, const float *restrict zy, long v, float scale,
+                     float *restrict grad, float *restrict scratch) {
+    float *restrict ft = scratch, *restrict g = scratch + 2 * v;
+    int32_t *restrict idx = (int32_t *)(scratch + 3 * v);
+    long kept = significant(lam, m, idx);
+    gather(lam, idx, kept, zy, 2 * v, ft);
+    const float *f = ft, *t = ft + v;
     float top = -INFINITY, mass = 0.0f, linear = 0.0f, total = 0.0f;
     for (long k = 0; k < c; k++) top = f[k] > top ? f[k] : top;
     #pragma omp simd reduction(+:mass, linear, total)
-    for (long k = 0; k < c; k++) {
-        e[k] = expf(f[k] - top);
-        total += e[k];
+    for (long k = 0; k < v; k++) { /* whole vectors: the padding has t = 0 and is masked out of the exponentials */
+        float e = expf(f[k] - top);
+        e = k < c ? e : 0.0f;
+        g[k] = e;
+        total += e;
         mass += t[k];
         linear += t[k] * f[k];
     }
     float share = mass / total;
-    long k = 0;
-    for (; k + 2 <= c; k += 2) { /* two classes per pass over λ */
-        float g0 = (e[k] * share - t[k]) * scale, g1 = (e[k + 1] * share - t[k + 1]) * scale;
-        float *restrict o0 = grad + k * m, *restrict o1 = o0 + m;
-        #pragma omp simd
-        for (long j = 0; j < m; j++) {
-            o0[j] += g0 * lam[j];
-            o1[j] += g1 * lam[j];
+    #pragma omp simd
+    for (long k = 0; k < v; k++) g[k] = (g[k] * share - t[k]) * scale;
+    for (long i = 0; i < kept; i++) {
+        float l = lam[idx[i]];
+        float *restrict out = grad + (long)idx[i] * v;
+        for (long k = 0; k < v; k += CHUNK) {
+            #pragma omp simd
+            for (int u = 0; u < CHUNK; u++) out[k + u] += l * g[k + u];
         }
     }
-    for (; k < c; k++) {
-        float g0 = (e[k] * share - t[k]) * scale;
-        float *restrict o0 = grad + k * m;
-        #pragma omp simd
-        for (long j = 0; j < m; j++) o0[j] += g0 * lam[j];
-    }
-    return ((double)top + log((double)total)) * mass - linear;
+    return (top + logf(total)) * mass - linear;
 }
 
 /* MultiMix's mixed loss in one pass, Λ never stored: for rows 0..n of the call's Λ (the rows dirichlet() draws
    under the same seed and law), the sum of mix_row over the rows of each of `groups` groups of consecutive
-   streams, into loss[g], and their gradients, scaled, into grad[g] (c, m), zeroed here. A group's result depends
+   streams, into loss[g], and their gradients, scaled, into grad[g] (m, v), zeroed here. A group's result depends
    on the seed and the group alone; groups are shared out between the OpenMP threads from parallel_entries
-   entries on. Returns 0, or 1 when a thread could not allocate its scratch row (the results are then unset). */
+   entries on. Returns 0, or 1 when a thread could not allocate its scratch (the results are then unset). */
 int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, long n, long m, long c,
-                       const float *w, float scale, long rows_per_stream, long groups,
-                       long parallel_entries, double *loss, float *grad) {
+                      const float *zy, long v, float scale, long rows_per_stream, long groups,
+                      long parallel_entries, double *loss, float *grad) {
     const law_t law = {kind, p, q, floor_};
     long streams = (n + rows_per_stream - 1) / rows_per_stream;
     int failed = 0;
     #pragma omp parallel if (n * m >= parallel_entries)
     {
-        float *lam = malloc((size_t)(m + 3 * c) * sizeof(float)); /* a row of Λ, then mix_row's scratch */
+        float *lam = malloc((size_t)(2 * m + 3 * v) * sizeof(float)); /* a row of Λ, then mix_row's scratch */
         if (lam == NULL) {
             #pragma omp atomic write
             failed = 1;
@@ -329,16 +387,16 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
         #pragma omp for schedule(static)
         for (long g = 0; g < groups; g++) {
             if (lam == NULL) continue;
-            float *part = grad + g * c * m;
+            float *part = grad + g * m * v;
             double sum = 0.0;
-            memset(part, 0, (size_t)(c * m) * sizeof(float));
+            memset(part, 0, (size_t)(m * v) * sizeof(float));
             for (long s = g * streams / groups; s < (g + 1) * streams / groups; s++) {
                 stream_t stream;
                 long stop = (s + 1) * rows_per_stream < n ? (s + 1) * rows_per_stream : n;
                 start_stream(&stream, seed, (uint64_t)s);
                 for (long r = s * rows_per_stream; r < stop; r++) {
                     next_row(&law, &stream, lam, m);
-                    sum += mix_row(lam, m, c, w, scale, part, lam + m);
+                    sum += mix_row(lam, m, c, zy, v, scale, part, lam + m);
                 }
             }
             loss[g] = sum;

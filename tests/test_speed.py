@@ -13,7 +13,7 @@ def test_measure_speed_reports_every_ratio_and_the_floors():
     for r in rows:
         assert r["multimix_over_erm_step"] == r["multimix_step_s"] / r["erm_step_s"] > 0
         assert r["dense_over_erm_step"] == r["dense_multimix_step_s"] / r["erm_step_s"] > 0
-        assert r["sampler_s"] > 0 and r["write_s"] > 0 and r["mixing_s"] > 0
+        assert r["sampler_s"] > 0 and r["write_s"] > 0 and r["mixing_s"] > 0 and r["mixed_term_s"] > 0
         assert r["sampler"] == cpu_route()  # which Λ sampler was timed
         # one round: the median of the per-round ratios is that round's ratio
         assert r["multimix_over_erm_paired"] == pytest.approx(r["multimix_over_erm_step"])

@@ -7,8 +7,9 @@ input mixup needs ⌈n/m⌉ passes (each producing m mixed examples). In one run
 with every variant's steps interleaved (round-robin, so that machine drift
 hits them alike), this times ERM, MultiMix at each n, Dense MultiMix at its
 defaults and input mixup, and beside each n the parts of MultiMix's extra
-cost and their physical floor: sampling Λ (n, m), writing n·m floats, and the
-mixing products Λ·g(Z) and Λ·Y (forward and backward).
+cost and their physical floor: sampling Λ (n, m), writing n·m floats, the
+mixing products Λ·g(Z) and Λ·Y (forward and backward), and the mixed term as
+the step computes it (on the CPU one pass that never stores Λ).
 """
 
 from __future__ import annotations
@@ -57,9 +58,14 @@ def _timed(fn: Callable[[], Any], device: torch.device, clock=time.perf_counter)
 
 
 def _mixing(lam: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-    """The mixing products of MultiMix's affine shortcut, forward and backward: Λ·g(Z) and Λ·Y."""
-    mixed = MF.interpolate(lam, logits)
-    MF.soft_cross_entropy(mixed, MF.interpolate(lam, targets)).backward()
+    """The mixing products of MultiMix's affine shortcut with Λ given, and the loss, forward and backward:
+    Λ·[g(Z) Y] in one product (:func:`multimix.functional.interpolate_pair`)."""
+    MF.soft_cross_entropy(*MF.interpolate_pair(lam, logits, targets)).backward()
+
+
+def _one_pass(logits: torch.Tensor, targets: torch.Tensor, n: int, alpha: float, generator) -> None:
+    """MultiMix's whole mixed term, Λ drawn: :func:`multimix.functional.mixed_cross_entropy`, forward and backward."""
+    MF.mixed_cross_entropy(logits, targets, n, alpha, generator=generator).backward()
 
 
 def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1, 40), num_classes: int = 10,
@@ -85,9 +91,11 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
         medians; ``..._paired``: medians of the per-round ratios, which a
         drift of the machine between rounds does not move; the ERM and Dense
         entries are the same in every row), throughput in interpolated
-        examples per second, and the floors ``sampler_s`` (Λ alone),
-        ``write_s`` (writing n·m floats) and ``mixing_s`` (Λ·g(Z) and Λ·Y,
-        forward and backward).
+        examples per second, the floors ``sampler_s`` (Λ alone),
+        ``write_s`` (writing n·m floats) and ``mixing_s`` (Λ·g(Z) and Λ·Y
+        with the loss, forward and backward, Λ given), and ``mixed_term_s``:
+        MultiMix's mixed term as the step computes it, Λ drawn (on the CPU
+        in one pass, Λ never stored: :func:`multimix.functional.mixed_cross_entropy`).
     """
     device = torch.device(device)
     if clock not in CLOCKS or (clock == "cpu" and device.type != "cpu"):
@@ -128,6 +136,8 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
         steps[f"write {n}"] = lambda n=n: _timed(
             lambda: torch.empty(n, batch_size, device=device).fill_(0.5), device, tick)
         steps[f"mixing {n}"] = lambda lam=lam: _timed(lambda: _mixing(lam, logits, targets), device, tick)
+        steps[f"one pass {n}"] = lambda n=n, a=alpha: _timed(
+            lambda: _one_pass(logits, targets, n, a, sampling_generator), device, tick)
         if not extrapolated_of[n]:
             steps[f"mixup {n}"] = lambda p=passes_of[n]: _step_time(model, optimizer, mixup, x, y, p, tick)
     times: Dict[str, List[float]] = {name: [] for name in steps}
@@ -157,11 +167,13 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
                      "erm_step_s": erm_time, "dense_multimix_step_s": dense_time,
                      "dense_over_erm_step": dense_time / erm_time, "sampler_s": median[f"sampler {n}"],
                      "write_s": median[f"write {n}"], "mixing_s": median[f"mixing {n}"], "sampler": route,
+                     "mixed_term_s": median[f"one pass {n}"],
                      "multimix_over_erm_paired": paired(f"multimix {n}"), "dense_over_erm_paired": paired("dense")})
         log(f"n = {n:>6}: MultiMix step {mm * 1e3:7.2f} ms = {mm / erm_time:6.2f}x ERM "
             f"(paired {rows[-1]['multimix_over_erm_paired']:.2f}x) "
             f"(sampler {median[f'sampler {n}'] * 1e3:.2f} ms, write n*m floats {median[f'write {n}'] * 1e3:.2f} ms, "
-            f"mixing {median[f'mixing {n}'] * 1e3:.2f} ms); {n / mm:,.0f} interpolated ex/s; input mixup {passes} "
+            f"mixing {median[f'mixing {n}'] * 1e3:.2f} ms, mixed term {median[f'one pass {n}'] * 1e3:.2f} ms); "
+            f"{n / mm:,.0f} interpolated ex/s; input mixup {passes} "
             f"passes {passes * batch_size / mix:,.0f} ex/s{' (extrapolated)' if extrapolated_of[n] else ''}")
     return rows
 
@@ -169,11 +181,12 @@ def measure_speed(*, model_name: str = "cnn1d", width: int = 32, input_shape=(1,
 def format_speed_table(rows: List[Dict[str, Any]]) -> str:
     """The measured rows as a Markdown table (step / ERM, the parts of the extra cost, throughput)."""
     lines = ["| n | MultiMix step / ERM | paired | Λ sampler (ms) | write n·m floats (ms) | mixing fwd+bwd (ms) "
-             "| MultiMix ex/s | input mixup ex/s |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| mixed term (ms) | MultiMix ex/s | input mixup ex/s |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['n']:,} | {r['multimix_over_erm_step']:.2f} | {r['multimix_over_erm_paired']:.2f} "
                      f"| {r['sampler_s'] * 1e3:.2f} "
-                     f"| {r['write_s'] * 1e3:.2f} | {r['mixing_s'] * 1e3:.2f} | {r['multimix_examples_per_s']:,.0f} "
+                     f"| {r['write_s'] * 1e3:.2f} | {r['mixing_s'] * 1e3:.2f} | {r['mixed_term_s'] * 1e3:.2f} "
+                     f"| {r['multimix_examples_per_s']:,.0f} "
                      f"| {r['mixup_examples_per_s']:,.0f}{' (extrap.)' if r['mixup_extrapolated'] else ''} |")
     if rows:
         lines.append(f"\nERM step {rows[0]['erm_step_s'] * 1e3:.2f} ms; Dense MultiMix (defaults) step / ERM "

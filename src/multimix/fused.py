@@ -46,12 +46,11 @@ class _FusedMixedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, n: int, alpha: float, seed: int) -> Tensor:
-        work = logits.detach().to(torch.float32).contiguous()
-        loss, grad = native.mix_cross_entropy(native.kernels(), work.numpy(),
-                                              targets.detach().to(torch.float32).contiguous().numpy(), n, alpha, seed)
-        ctx.save_for_backward(torch.from_numpy(grad))
+        loss, grad = native.mix_cross_entropy(native.kernels(), logits.detach().to(torch.float32).contiguous(),
+                                              targets.detach().to(torch.float32).contiguous(), n, alpha, seed)
+        ctx.save_for_backward(grad)
         ctx.logits_dtype = logits.dtype
-        return torch.tensor(loss, dtype=torch.float32)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):

@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch  # noqa: F401  # loaded before the library, so that torch's libgomp.so.1 is the process's copy
+import torch  # loaded before the library, so that torch's libgomp.so.1 is the process's copy
+from torch import Tensor
 
 __all__ = ["LANES", "MIN_ALPHA", "STEPS", "STREAM_ENTRIES", "dirichlet", "kernels", "log_weight_floor", "mix_cross_entropy", "partial_sums", "rows_per_stream",
            "stream_outputs"]
@@ -129,8 +130,8 @@ def _build(folder: Path, keep: bool) -> Optional[ctypes.CDLL]:
     lib.stream_outputs.argtypes = [u64, u64, long, ptr]
     lib.dirichlet.argtypes = [u64, ctypes.c_int, f32, f32, f32, ptr, long, long, long, long, long]
     lib.stream_outputs.restype = lib.dirichlet.restype = None
-    lib.mix_cross_entropy.argtypes = [u64, ctypes.c_int, f32, f32, f32, long, long, long, ptr, long, f32, long, long,
-                                      long, ptr, ptr]
+    lib.mix_cross_entropy.argtypes = [u64, ctypes.c_int, f32, f32, f32, long, long, long, ptr, ptr, long, long, long,
+                                      ptr, ptr]
     lib.mix_cross_entropy.restype = ctypes.c_int
     lib.max_threads.argtypes, lib.max_threads.restype = [], ctypes.c_int
     return lib
@@ -199,36 +200,33 @@ def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int =
 
 def partial_sums(n: int, m: int, c: int) -> int:
     """The groups of consecutive streams whose sums :func:`mix_cross_entropy` keeps apart (then adds in order):
-    at most 64, and at most ``PARTIAL_FLOATS`` floats of partial gradients; a function of the shapes alone, so that
-    the result does not depend on the thread count."""
+    at most 64, and at most ``PARTIAL_FLOATS`` floats of partial gradients (c padded to whole vectors); a function
+    of the shapes alone, so that the result does not depend on the thread count."""
     streams = -(-n // rows_per_stream(m))
-    return max(1, min(streams, 64, PARTIAL_FLOATS // (c * m)))
+    return max(1, min(streams, 64, PARTIAL_FLOATS // (-(-c // CHUNK) * CHUNK * m)))
 
 
-def mix_cross_entropy(lib, logits: np.ndarray, targets: np.ndarray, n: int, alpha: float, seed: int
-                      ) -> "tuple[float, np.ndarray]":
-    """MultiMix's mixed loss without storing Λ: (L, ∂L/∂Z (m, c)) for L = mean over the n rows λ_k of Λ of
+def mix_cross_entropy(lib, logits: Tensor, targets: Tensor, n: int, alpha: float, seed: int) -> "tuple[Tensor, Tensor]":
+    """MultiMix's mixed loss without storing Λ: (L (0-d), ∂L/∂Z (m, c)) for L = mean over the n rows λ_k of Λ of
     −Σ_c ỹ_kc log softmax(f̃_k)_c, f̃_k = Zᵀλ_k, ỹ_k = Yᵀλ_k, where Λ is :func:`dirichlet`'s (n, m) under the same
-    ``seed`` and α; ``logits`` Z and ``targets`` Y are (m, c) float32.
+    ``seed`` and α; ``logits`` Z and ``targets`` Y are contiguous (m, c) float32 CPU tensors.
 
     Each row is drawn, mixed, scored and back-propagated while it is in the L1 cache, over the entries that
     can move a float32 sum (≥ 2^-24/m of the row's largest; the others add up to less than 2^-24 of it): about
     20 of m = 128 at the default concentration α = 1/m. No n·m array is written or read.
     """
-    m, c = _check_rows(logits, "logits")
-    if targets.shape != (m, c) or _check_rows(targets, "targets") != (m, c):
-        raise ValueError(f"targets must have the shape of logits {(m, c)}, got {targets.shape}")
-    v = -(-c // CHUNK) * CHUNK  # c padded to whole vectors
-    zy = np.zeros((m, 2 * v), dtype=np.float32)
-    zy[:, :c], zy[:, v:v + c] = logits, targets
-    groups = partial_sums(n, m, v)
-    loss = np.empty(groups, dtype=np.float64)
-    grad = np.empty((groups, m, v), dtype=np.float32)
-    failed = lib.mix_cross_entropy(seed, *_law(alpha, m), n, m, c, zy.ctypes.data, v, 1.0 / n, rows_per_stream(m),
-                                   groups, PARALLEL_ENTRIES, loss.ctypes.data, grad.ctypes.data)
+    m, c = logits.shape
+    for name, x in (("logits", logits), ("targets", targets)):
+        if x.dtype != torch.float32 or x.shape != (m, c) or not x.is_contiguous() or x.device.type != "cpu":
+            raise ValueError(f"{name} must be a contiguous (m, c) float32 CPU tensor like logits {(m, c)}, got "
+                             f"{x.dtype} {tuple(x.shape)}")
+    loss, grad = torch.empty((), dtype=torch.float32), torch.empty(m, c, dtype=torch.float32)
+    failed = lib.mix_cross_entropy(seed, *_law(alpha, m), n, m, c, logits.data_ptr(), targets.data_ptr(),
+                                   rows_per_stream(m), partial_sums(n, m, c), PARALLEL_ENTRIES, loss.data_ptr(),
+                                   grad.data_ptr())
     if failed:
-        raise MemoryError(f"mix_cross_entropy: no memory for a scratch row of {2 * m + 3 * v} floats")
-    return float(loss.sum()) / n, grad.sum(axis=0)[:, :c]
+        raise MemoryError(f"mix_cross_entropy: out of memory for the partial sums of {n} rows of {m}")
+    return loss, grad
 
 
 def _check_rows(a: np.ndarray, name: str) -> "tuple[int, int]":

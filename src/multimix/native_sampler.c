@@ -366,43 +366,68 @@ static float mix_row(const float *restrict lam, long m, long c, const float *res
     return (top + logf(total)) * mass - linear;
 }
 
-/* MultiMix's mixed loss in one pass, Λ never stored: for rows 0..n of the call's Λ (the rows dirichlet() draws
-   under the same seed and law), the sum of mix_row over the rows of each of `groups` groups of consecutive
-   streams, into loss[g], and their gradients, scaled, into grad[g] (m, v), zeroed here. A group's result depends
-   on the seed and the group alone; groups are shared out between the OpenMP threads from parallel_entries
-   entries on. Returns 0, or 1 when a thread could not allocate its scratch (the results are then unset). */
+/* MultiMix's mixed loss in one pass, Λ never stored: over rows 0..n of the call's Λ (the rows dirichlet() draws
+   under the same seed and law), the mean of mix_row into *loss and its gradient with respect to logits (m, c)
+   into grad (m, c); targets (m, c). Rows are summed per group of consecutive streams (`groups` of them, shared
+   out between the OpenMP threads from parallel_entries entries on), then the groups in order: the result
+   depends on the seed and the shapes alone. Returns 0, or 1 when memory ran out (*loss and grad unset). */
 int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, long n, long m, long c,
-                      const float *zy, long v, float scale, long rows_per_stream, long groups,
-                      long parallel_entries, double *loss, float *grad) {
+                      const float *logits, const float *targets, long rows_per_stream, long groups,
+                      long parallel_entries, float *loss, float *grad) {
     const law_t law = {kind, p, q, floor_};
-    long streams = (n + rows_per_stream - 1) / rows_per_stream;
-    int failed = 0;
-    #pragma omp parallel if (n * m >= parallel_entries)
-    {
-        float *lam = malloc((size_t)(2 * m + 3 * v) * sizeof(float)); /* a row of Λ, then mix_row's scratch */
-        if (lam == NULL) {
-            #pragma omp atomic write
-            failed = 1;
+    const long v = (c + CHUNK - 1) / CHUNK * CHUNK;
+    const long streams = (n + rows_per_stream - 1) / rows_per_stream;
+    const float scale = 1.0f / (float)n;
+    float *zy = calloc((size_t)(m * 2 * v), sizeof(float)); /* mix_row's operand: logits, then targets, padded */
+    float *parts = malloc((size_t)(groups * m * v) * sizeof(float));
+    double *sums = malloc((size_t)groups * sizeof(double));
+    int failed = zy == NULL || parts == NULL || sums == NULL;
+    if (!failed) {
+        for (long j = 0; j < m; j++) {
+            memcpy(zy + j * 2 * v, logits + j * c, (size_t)c * sizeof(float));
+            memcpy(zy + j * 2 * v + v, targets + j * c, (size_t)c * sizeof(float));
         }
-        #pragma omp for schedule(static)
-        for (long g = 0; g < groups; g++) {
-            if (lam == NULL) continue;
-            float *part = grad + g * m * v;
-            double sum = 0.0;
-            memset(part, 0, (size_t)(m * v) * sizeof(float));
-            for (long s = g * streams / groups; s < (g + 1) * streams / groups; s++) {
-                stream_t stream;
-                long stop = (s + 1) * rows_per_stream < n ? (s + 1) * rows_per_stream : n;
-                start_stream(&stream, seed, (uint64_t)s);
-                for (long r = s * rows_per_stream; r < stop; r++) {
-                    next_row(&law, &stream, lam, m);
-                    sum += mix_row(lam, m, c, zy, v, scale, part, lam + m);
-                }
+        #pragma omp parallel if (n * m >= parallel_entries)
+        {
+            float *lam = malloc((size_t)(2 * m + 3 * v) * sizeof(float)); /* a row of Λ, then mix_row's scratch */
+            if (lam == NULL) {
+                #pragma omp atomic write
+                failed = 1;
             }
-            loss[g] = sum;
+            #pragma omp for schedule(static)
+            for (long g = 0; g < groups; g++) {
+                if (lam == NULL) continue;
+                float *part = parts + g * m * v;
+                double sum = 0.0;
+                memset(part, 0, (size_t)(m * v) * sizeof(float));
+                for (long s = g * streams / groups; s < (g + 1) * streams / groups; s++) {
+                    stream_t stream;
+                    long stop = (s + 1) * rows_per_stream < n ? (s + 1) * rows_per_stream : n;
+                    start_stream(&stream, seed, (uint64_t)s);
+                    for (long r = s * rows_per_stream; r < stop; r++) {
+                        next_row(&law, &stream, lam, m);
+                        sum += mix_row(lam, m, c, zy, v, scale, part, lam + m);
+                    }
+                }
+                sums[g] = sum;
+            }
+            free(lam);
         }
-        free(lam);
     }
+    if (!failed) {
+        double total = 0.0;
+        for (long g = 0; g < groups; g++) total += sums[g];
+        *loss = (float)(total / (double)n);
+        for (long j = 0; j < m; j++)
+            for (long k = 0; k < c; k++) {
+                float sum = 0.0f;
+                for (long g = 0; g < groups; g++) sum += parts[(g * m + j) * v + k];
+                grad[j * c + k] = sum;
+            }
+    }
+    free(zy);
+    free(parts);
+    free(sums);
     return failed;
 }
 

@@ -1,5 +1,7 @@
 """Mixing kept apart from the loss: every method's terms, one objective, pluggable criteria against plain references."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,16 +38,24 @@ def test_the_objective_of_a_methods_terms_is_its_loss(name, tiny_model, tiny_bat
         torch.testing.assert_close(Objective()(terms), loss, rtol=0, atol=0)
 
 
-def test_dense_multimix_terms_are_the_embedding_losses_terms(tiny_model, tiny_batch):
-    """Same Λ: the method's mixed, clean and pooled terms sum to DenseMultiMix's loss on the dense features."""
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_dense_multimix_terms_are_the_embedding_losses_terms(one_pass, tiny_model, tiny_batch):
+    """Same Λ: the method's mixed, clean and pooled terms sum to DenseMultiMix's loss on the dense features; on
+    the CPU the mixed and pooled terms are values of the one pass (Λ never stored), on the device-generic path
+    logits and targets of the n·r mixed positions."""
     x, y = tiny_batch
     model = tiny_model.eval()
     method = make("dense_multimix", clean_weight=0.5, pooled_weight=2.0)
-    terms = method.terms(model, x, y)
-    assert [(t.name, t.weight) for t in terms] == [("mixed", 1.0), ("clean", 0.5), ("pooled", 2.0)]
-    assert terms[0].logits.shape == (32 * 3, 4)  # n tuples × r positions, c classes
-    lam = make("dense_multimix").sample_lam(8, "cpu")  # the draw a generator seeded like the method's makes
-    direct = multimix.DenseMultiMix(n=32, clean_weight=0.5, pooled_weight=2.0)(model.encode(x), y, model.head, lam=lam)
+    with contextlib.nullcontext() if one_pass else MF.device_generic():
+        terms = method.terms(model, x, y)
+        assert [(t.name, t.weight) for t in terms] == [("mixed", 1.0), ("clean", 0.5), ("pooled", 2.0)]
+        if one_pass:
+            assert terms[0].value is not None and terms[2].value is not None
+        else:
+            assert terms[0].logits.shape == (32 * 3, 4)  # n tuples × r positions, c classes
+        lam = make("dense_multimix").sample_lam(8, "cpu")  # the draw a generator seeded like the method's makes
+        direct = multimix.DenseMultiMix(n=32, clean_weight=0.5, pooled_weight=2.0)(model.encode(x), y, model.head,
+                                                                                    lam=lam)
     torch.testing.assert_close(Objective()(terms), direct)
 
 

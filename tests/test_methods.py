@@ -1,5 +1,6 @@
 """Training methods over the model contract: end-to-end steps, MixupE, EMA teacher, autocast, compile, adapters."""
 
+import contextlib
 import copy
 
 import pytest
@@ -477,21 +478,30 @@ def test_timm_adapter_forwards_the_models_no_weight_decay():
     assert adapt(timm.create_model("resnet18", pretrained=False, num_classes=5)).no_weight_decay() == set()
 
 
+@pytest.mark.parametrize("one_pass", [True, False])
 @pytest.mark.parametrize("kwargs", [{}, {"attention": "uniform", "pooled_weight": 0.0, "clean_weight": 0.5},
                                     {"attention": "cam", "position_weighting": "attention"}])
-def test_dense_multimix_method_equals_the_embedding_loss(kwargs, tiny_model, tiny_batch):
+def test_dense_multimix_method_equals_the_embedding_loss(kwargs, one_pass, tiny_model, tiny_batch):
     """The method (over the model contract) and the embedding-level DenseMultiMix give one loss and one gradient
-    for the same dense features and Λ: the two spell out the same arithmetic."""
+    for the same dense features and Λ: the two spell out the same arithmetic. ``one_pass``: Λ from equal
+    generators (the fused pass on the CPU where the settings allow it); else Λ given, on the device-generic
+    path (sample, then mix)."""
     x, y = tiny_batch
     method = make("dense_multimix", **kwargs)
+    method.generator = torch.Generator().manual_seed(3)
     lam = MF.dirichlet(64, x.shape[0], 0.5 / x.shape[0], generator=torch.Generator().manual_seed(3))
-    method.sample_lam = lambda m, device=None: lam
+    given = {}
+    if not one_pass:
+        method.sample_lam = lambda m, device=None: lam
+        given = {"lam": lam}
     tiny_model.eval()  # batch norm in eval mode: the two forward passes see the same features
-    ours = method(tiny_model, x, y)
-    (grad_method,) = torch.autograd.grad(ours, tiny_model.head.weight)
-    features = tiny_model.encode(x)
-    reference = multimix.DenseMultiMix(64, **{"concentration": method.mix.concentration, **kwargs})(
-        features, y, tiny_model.head, lam=lam)
-    (grad_embedding,) = torch.autograd.grad(reference, tiny_model.head.weight)
+    with contextlib.nullcontext() if one_pass else MF.device_generic():
+        ours = method(tiny_model, x, y)
+        (grad_method,) = torch.autograd.grad(ours, tiny_model.head.weight)
+        features = tiny_model.encode(x)
+        reference = multimix.DenseMultiMix(64, **{"concentration": method.mix.concentration, **kwargs},
+                                           generator=torch.Generator().manual_seed(3))(
+            features, y, tiny_model.head, **given)
+        (grad_embedding,) = torch.autograd.grad(reference, tiny_model.head.weight)
     torch.testing.assert_close(ours, reference)
     torch.testing.assert_close(grad_method, grad_embedding)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as MF
+from . import fused
 from .checks import check_label_smoothing, check_positive_int
 
 __all__ = ["MultiMix", "DenseMultiMix", "ATTENTIONS"]
@@ -310,11 +311,40 @@ class DenseMultiMix(MultiMix):
             weights = (lam.to(attention.dtype) @ attention).detach()  # (n, r)
         return mixed_logits, mixed_targets, logits, weights
 
+    def one_pass(self, head, m: int) -> bool:
+        """:meth:`MultiMix.one_pass`, with the uniform position weighting and the attention taken as given
+        (``attention_grad=False``): then :meth:`position_losses` applies."""
+        return super().one_pass(head, m) and self.position_weighting == "uniform" and not self.attention_grad
+
+    def position_losses(self, logits: Tensor, targets: Tensor, attention: Tensor
+                        ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """(dense loss, pooled loss or None when ``pooled_weight`` = 0) under a fresh Λ, in one pass
+        (:mod:`multimix.fused`), for per-position logits g(z) (m, c, r), targets Y (m, c) or (m, c, r) and
+        attention a (m, r); None where the one pass does not run (another device, a dtype above float32): then
+        sample Λ and mix. The pooled term is the mix of the mean logits over positions (an affine head's logits
+        of the mean embedding). Zero attention counts as :func:`multimix.functional.dense_interpolate` counts it.
+        """
+        m, c, r = logits.shape
+        work = logits.transpose(1, 2)  # (m, r, c): positions as the kernel reads them
+        position_targets = (targets.unsqueeze(1).expand(-1, r, -1) if targets.dim() == 2 else targets.transpose(1, 2))
+        weights = attention.float()
+        weights = weights + (weights == 0).float() * torch.finfo(torch.float32).tiny ** 0.75
+        if self.pooled_weight > 0:
+            pooled_targets = targets if targets.dim() == 2 else targets.mean(dim=2)
+            work = torch.cat([work, logits.mean(dim=2).unsqueeze(1)], dim=1)  # (m, r + 1, c)
+            position_targets = torch.cat([position_targets, pooled_targets.unsqueeze(1)], dim=1)
+            weights = torch.cat([weights, weights.new_ones(m, 1)], dim=1)
+        alpha = self.alpha_for(m)
+        if not fused.applies(work, position_targets, alpha, self.generator, MF.on_host(work)):
+            return None
+        losses = fused.position_cross_entropy(work, position_targets, self.n, alpha, self.generator, weights)
+        return losses[:r].mean(), losses[r] if self.pooled_weight > 0 else None
+
     def __call__(self, z: Tensor, y: Tensor, head: Callable[[Tensor], Tensor], lam: Optional[Tensor] = None) -> Tensor:
         if isinstance(z, Tensor) and z.dim() < 3:
             raise ValueError(f"z must be dense features of shape (m, d, *spatial) with at least one spatial dim, "
                              f"got {tuple(z.shape)}; use MultiMix for pooled (m, d) embeddings")
-        targets, lam = self._prepare(z, y, head, lam)
+        targets, lam = self._prepare(z, y, head, lam, sample=False)
         spatial = z.shape[2:]
         zf = MF.flatten_positions(z)  # (m, d, r)
         if targets.dim() > 2:
@@ -323,19 +353,36 @@ class DenseMultiMix(MultiMix):
                                  f"got {tuple(targets.shape)}")
             targets = targets.flatten(2)  # (m, c, r)
         attention = self.attention_map(zf, targets, head)  # (m, r)
+        losses, logits = None, None
+        if lam is None and self.one_pass(head, z.shape[0]):
+            logits = MF.apply_per_position(head, zf)  # (m, c, r)
+            losses = self.position_losses(logits, targets, attention)
+        if losses is not None:
+            loss, pooled = losses
+        else:
+            lam = self.sample_lam(z.shape[0], device=z.device) if lam is None else lam
+            loss, pooled, logits = self._mixed_losses(zf, targets, head, lam, attention)
+        if self.clean_weight > 0:
+            clean_targets = targets.unsqueeze(2).expand_as(logits) if targets.dim() == 2 else targets
+            loss = loss + self.clean_weight * MF.soft_cross_entropy(logits, clean_targets, dim=1)
+        if pooled is not None:
+            loss = loss + self.pooled_weight * pooled
+        return loss
+
+    def _mixed_losses(self, zf: Tensor, targets: Tensor, head, lam: Tensor, attention: Tensor
+                      ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """(dense loss, pooled loss or None, per-position logits or None) under a given Λ."""
         mixed_logits, mixed_targets, logits, position_weight = self.mixed_positions(zf, targets, head, lam, attention)
         if position_weight is None:
             loss = MF.soft_cross_entropy(mixed_logits, mixed_targets)
         else:
             per_position = -(mixed_targets * torch.log_softmax(mixed_logits.float(), dim=-1)).sum(-1)  # (n, r)
             loss = (per_position * position_weight).sum(1).mean()
-        if self.clean_weight > 0:
-            clean_targets = targets.unsqueeze(2).expand_as(logits) if targets.dim() == 2 else targets
-            loss = loss + self.clean_weight * MF.soft_cross_entropy(logits, clean_targets, dim=1)
+        pooled = None
         if self.pooled_weight > 0:
             # An affine head commutes with the mean over positions: g(mean_j z_j) = mean_j g(z_j).
             pooled_logits = logits.mean(dim=2) if logits is not None else None
             pooled_targets = targets if targets.dim() == 2 else targets.mean(dim=2)
             mixed_logits, mixed_targets, _ = self.mixed(zf.mean(dim=2), pooled_targets, head, lam, pooled_logits)
-            loss = loss + self.pooled_weight * MF.soft_cross_entropy(mixed_logits, mixed_targets)
-        return loss
+            pooled = MF.soft_cross_entropy(mixed_logits, mixed_targets)
+        return loss, pooled, logits

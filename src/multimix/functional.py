@@ -397,7 +397,7 @@ def mixed_cross_entropy(logits: Tensor, targets: Tensor, n: int, alpha: float, *
                          f"{tuple(targets.shape)}")
     n, alpha = check_positive_int(n, "n"), check_alpha(alpha)
     if fused.applies(logits, targets, alpha, generator, on_host(logits)):
-        return fused.mixed_cross_entropy(logits, targets, n, alpha, generator)
+        return fused.position_cross_entropy(logits, targets, n, alpha, generator)[0]
     lam = dirichlet(n, logits.shape[0], alpha, generator=generator, device=logits.device)
     return soft_cross_entropy(*interpolate_pair(lam, logits, targets))
 

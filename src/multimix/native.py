@@ -130,8 +130,8 @@ def _build(folder: Path, keep: bool) -> Optional[ctypes.CDLL]:
     lib.stream_outputs.argtypes = [u64, u64, long, ptr]
     lib.dirichlet.argtypes = [u64, ctypes.c_int, f32, f32, f32, ptr, long, long, long, long, long]
     lib.stream_outputs.restype = lib.dirichlet.restype = None
-    lib.mix_cross_entropy.argtypes = [u64, ctypes.c_int, f32, f32, f32, long, long, long, ptr, ptr, long, long, long,
-                                      ptr, ptr]
+    lib.mix_cross_entropy.argtypes = [u64, ctypes.c_int, f32, f32, f32, long, long, long, long, ptr, ptr, ptr, f32,
+                                      long, long, long, ptr, ptr]
     lib.mix_cross_entropy.restype = ctypes.c_int
     lib.max_threads.argtypes, lib.max_threads.restype = [], ctypes.c_int
     return lib
@@ -198,32 +198,47 @@ def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int =
     lib.dirichlet(seed, *_law(alpha, m), out.ctypes.data, first_row, rows, m, per_stream, PARALLEL_ENTRIES)
 
 
-def partial_sums(n: int, m: int, c: int) -> int:
-    """The groups of consecutive streams whose sums :func:`mix_cross_entropy` keeps apart (then adds in order):
-    at most 64, and at most ``PARTIAL_FLOATS`` floats of partial gradients (c padded to whole vectors); a function
-    of the shapes alone, so that the result does not depend on the thread count."""
+def partial_sums(n: int, m: int, width: int) -> int:
+    """The groups of consecutive streams whose sums :func:`mix_cross_entropy` keeps apart (then adds in order),
+    for gradients of m rows of ``width`` floats: at most 64, and at most ``PARTIAL_FLOATS`` floats of partial
+    gradients; a function of the shapes alone, so that the result does not depend on the thread count."""
     streams = -(-n // rows_per_stream(m))
-    return max(1, min(streams, 64, PARTIAL_FLOATS // (-(-c // CHUNK) * CHUNK * m)))
+    return max(1, min(streams, 64, PARTIAL_FLOATS // (width * m)))
 
 
-def mix_cross_entropy(lib, logits: Tensor, targets: Tensor, n: int, alpha: float, seed: int) -> "tuple[Tensor, Tensor]":
-    """MultiMix's mixed loss without storing Λ: (L (0-d), ∂L/∂Z (m, c)) for L = mean over the n rows λ_k of Λ of
-    −Σ_c ỹ_kc log softmax(f̃_k)_c, f̃_k = Zᵀλ_k, ỹ_k = Yᵀλ_k, where Λ is :func:`dirichlet`'s (n, m) under the same
-    ``seed`` and α; ``logits`` Z and ``targets`` Y are contiguous (m, c) float32 CPU tensors.
+def mix_cross_entropy(lib, logits: Tensor, targets: Tensor, n: int, alpha: float, seed: int,
+                      weights: Optional[Tensor] = None) -> "tuple[Tensor, Tensor]":
+    """MultiMix's and Dense MultiMix's mixed loss without storing Λ: (L (R,), ∂(Σ_p L_p)/∂X, shaped like X).
+
+    X (``logits``) and Y (``targets``) are (m, R, c) (R positions; (m, c) for one) contiguous float32 CPU
+    tensors, a (``weights``) an optional (m, R) one with entries in (0, 1]. For each row λ of Λ, which is
+    :func:`dirichlet`'s (n, m) under the same ``seed`` and α, and each position p, the mix is
+    w_ip = λ_i a_ip / Σ_i' λ_i' a_i'p (w = λ without weights) and L_p is the mean over the rows of
+    −Σ_c t_c log softmax(f)_c with f = Σ_i w_ip x_ip, t = Σ_i w_ip y_ip.
 
     Each row is drawn, mixed, scored and back-propagated while it is in the L1 cache, over the entries that
-    can move a float32 sum (≥ 2^-24/m of the row's largest; the others add up to less than 2^-24 of it): about
-    20 of m = 128 at the default concentration α = 1/m. No n·m array is written or read.
+    can move a float32 sum (≥ 2^-24/m of the row's largest times the least weight; the others add up to less
+    than 2^-24 of it): about 20 of m = 128 at the default concentration α = 1/m. No n·m array is written or
+    read.
     """
-    m, c = logits.shape
+    m, *positions, c = logits.shape
+    R = positions[0] if positions else 1
     for name, x in (("logits", logits), ("targets", targets)):
-        if x.dtype != torch.float32 or x.shape != (m, c) or not x.is_contiguous() or x.device.type != "cpu":
-            raise ValueError(f"{name} must be a contiguous (m, c) float32 CPU tensor like logits {(m, c)}, got "
-                             f"{x.dtype} {tuple(x.shape)}")
-    loss, grad = torch.empty((), dtype=torch.float32), torch.empty(m, c, dtype=torch.float32)
-    failed = lib.mix_cross_entropy(seed, *_law(alpha, m), n, m, c, logits.data_ptr(), targets.data_ptr(),
-                                   rows_per_stream(m), partial_sums(n, m, c), PARALLEL_ENTRIES, loss.data_ptr(),
-                                   grad.data_ptr())
+        if x.dtype != torch.float32 or x.shape != logits.shape or not x.is_contiguous() or x.device.type != "cpu":
+            raise ValueError(f"{name} must be a contiguous float32 CPU tensor (m, c) or (m, R, c) like logits "
+                             f"{tuple(logits.shape)}, got {x.dtype} {tuple(x.shape)}")
+    least, address = 1.0, None
+    if weights is not None:
+        if weights.dtype != torch.float32 or weights.shape != (m, R) or not weights.is_contiguous():
+            raise ValueError(f"weights must be a contiguous (m, R) = {(m, R)} float32 tensor, got {weights.dtype} "
+                             f"{tuple(weights.shape)}")
+        least, address = float(weights.min()), weights.data_ptr()
+        if not 0.0 < least <= float(weights.max()) <= 1.0:
+            raise ValueError(f"weights must lie in (0, 1], got [{least}, {float(weights.max())}]")
+    loss, grad = torch.empty(R, dtype=torch.float32), torch.empty(logits.shape, dtype=torch.float32)
+    failed = lib.mix_cross_entropy(seed, *_law(alpha, m), n, m, R, c, logits.data_ptr(), targets.data_ptr(), address,
+                                   least, rows_per_stream(m), partial_sums(n, m, R * -(-c // CHUNK) * CHUNK), PARALLEL_ENTRIES,
+                                   loss.data_ptr(), grad.data_ptr())
     if failed:
         raise MemoryError(f"mix_cross_entropy: out of memory for the partial sums of {n} rows of {m}")
     return loss, grad

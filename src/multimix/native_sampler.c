@@ -253,14 +253,15 @@ void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *o
 #error "CHUNK is set by multimix/native.py (-DCHUNK=...)"
 #endif
 
-/* The entries of λ (m) that can move a product Σ_j λ_j x_j in float32, in order, into idx; returns their count:
-   those ≥ max λ · 2^-24 / m. The others add up to less than 2^-24 max λ, below the rounding of the largest term.
-   At the default concentration (α = 1/m) about 20 of m = 128 entries are kept; at α ≥ 1 nearly all. */
-static long significant(const float *restrict lam, long m, int32_t *restrict idx) {
+/* The entries of λ (m) that can move a weighted sum Σ_j λ_j a_j x_j in float32 (weights a_j in [least, 1]), in
+   order, into idx; returns their count: those ≥ max λ · least · 2^-24 / m. The others add up to less than
+   2^-24 · max λ · least, below the rounding of the largest term. At the default concentration (α = 1/m) about 20
+   of m = 128 entries are kept (each factor 10 less in `least` adds about α·m·log 10); at α ≥ 1 nearly all. */
+static long significant(const float *restrict lam, long m, float least, int32_t *restrict idx) {
     float top = 0.0f;
     #pragma omp simd reduction(max:top)
     for (long j = 0; j < m; j++) top = lam[j] > top ? lam[j] : top;
-    float bar = top * (5.9604645e-08f / (float)m);
+    float bar = top * least * (5.9604645e-08f / (float)m);
     long k = 0, j = 0;
 #if !defined(__AVX512F__) && defined(__AVX2__)
     __m256 bars = _mm256_set1_ps(bar);
@@ -280,16 +281,16 @@ static long significant(const float *restrict lam, long m, int32_t *restrict idx
     return k;
 }
 
-/* ft[0..w) = Σ_i λ_idx[i] zy[idx[i]] over the kept entries. */
+/* ft[0..w) = Σ_i λ_idx[i] zy[idx[i]·stride ..] over the kept entries. */
 static void gather(const float *restrict lam, const int32_t *restrict idx, long kept, const float *restrict zy,
-                   long w, float *restrict ft) {
+                   long stride, long w, float *restrict ft) {
 #if defined(__AVX2__) && defined(__FMA__)
     if (w <= 32) { /* up to 16 classes: the sums in registers, two sets for alternate entries (two FMA chains) */
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         long i = 0;
         for (; i + 2 <= kept; i += 2) {
             __m256 l0 = _mm256_set1_ps(lam[idx[i]]), l1 = _mm256_set1_ps(lam[idx[i + 1]]);
-            const float *r0 = zy + (long)idx[i] * w, *r1 = zy + (long)idx[i + 1] * w;
+            const float *r0 = zy + (long)idx[i] * stride, *r1 = zy + (long)idx[i + 1] * stride;
             a0 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0), a0);
             b0 = _mm256_fmadd_ps(l1, _mm256_loadu_ps(r1), b0);
             if (w > 8) {
@@ -307,7 +308,7 @@ static void gather(const float *restrict lam, const int32_t *restrict idx, long 
         }
         if (i < kept) {
             __m256 l0 = _mm256_set1_ps(lam[idx[i]]);
-            const float *r0 = zy + (long)idx[i] * w;
+            const float *r0 = zy + (long)idx[i] * stride;
             a0 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0), a0);
             if (w > 8) a1 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0 + 8), a1);
             if (w > 16) a2 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0 + 16), a2);
@@ -323,69 +324,86 @@ static void gather(const float *restrict lam, const int32_t *restrict idx, long 
     memset(ft, 0, (size_t)w * sizeof(float));
     for (long i = 0; i < kept; i++) {
         float l = lam[idx[i]];
-        const float *restrict row = zy + (long)idx[i] * w;
+        const float *restrict row = zy + (long)idx[i] * stride;
         #pragma omp simd
         for (long k = 0; k < w; k++) ft[k] += l * row[k];
     }
 }
 
-/* One row λ (m) of Λ against zy (m, 2v): row j holds example j's logits z_j (c) and zeros to v, then its
-   targets y_j (c) and zeros to 2v; v ≥ c is a multiple of CHUNK. Returns the soft cross-entropy
-   ℓ = logsumexp(f)·Σt − Σ_k t_k f_k of the mixed logits f = Σ_j λ_j z_j and targets t = Σ_j λ_j y_j, and adds
-   its gradient with respect to the logits, scaled, to grad (m, v): ∂ℓ/∂z_j = λ_j (softmax(f) Σt − t). Only the
-   entries of significant() take part. scratch: 3v + m floats. */
-static float mix_row(const float *restrict lam, long m, long c, const float *restrict zy, long v, float scale,
-                     float *restrict grad, float *restrict scratch) {
+/* One row λ (m) of Λ at R positions: zy (m, R, 2v) holds a_ip x_ip (c logits, zeros to v), then a_ip y_ip (c
+   targets, zeros to 2v), for example i at position p; a (m, R) the weights a_ip (NULL: all 1, with least = 1);
+   v ≥ c is a multiple of CHUNK. At each position p the mix is w_ip = λ_i a_ip / D_p, D_p = Σ_i λ_i a_ip, and
+   f_p = Σ_i w_ip x_ip, t_p = Σ_i w_ip y_ip. Adds the soft cross-entropy ℓ_p = logsumexp(f_p)·Σt_p − Σ_k t_pk f_pk
+   to sums[p] and its gradient with respect to x_ip, scaled, to grad (m, R, v): w_ip (softmax(f_p) Σt_p − t_p).
+   Only the entries of significant() take part. scratch: 3v + m floats. */
+static void mix_row(const float *restrict lam, long m, long R, long c, const float *restrict zy,
+                    const float *restrict a, float least, long v, float scale, float *restrict grad,
+                    double *restrict sums, float *restrict scratch) {
     float *restrict ft = scratch, *restrict g = scratch + 2 * v;
     int32_t *restrict idx = (int32_t *)(scratch + 3 * v);
-    long kept = significant(lam, m, idx);
-    gather(lam, idx, kept, zy, 2 * v, ft);
-    const float *f = ft, *t = ft + v;
-    float top = -INFINITY, mass = 0.0f, linear = 0.0f, total = 0.0f;
-    for (long k = 0; k < c; k++) top = f[k] > top ? f[k] : top;
-    #pragma omp simd reduction(+:mass, linear, total)
-    for (long k = 0; k < v; k++) { /* whole vectors: the padding has t = 0 and is masked out of the exponentials */
-        float e = expf(f[k] - top);
-        e = k < c ? e : 0.0f;
-        g[k] = e;
-        total += e;
-        mass += t[k];
-        linear += t[k] * f[k];
-    }
-    float share = mass / total;
-    #pragma omp simd
-    for (long k = 0; k < v; k++) g[k] = (g[k] * share - t[k]) * scale;
-    for (long i = 0; i < kept; i++) {
-        float l = lam[idx[i]];
-        float *restrict out = grad + (long)idx[i] * v;
-        for (long k = 0; k < v; k += CHUNK) {
-            #pragma omp simd
-            for (int u = 0; u < CHUNK; u++) out[k + u] += l * g[k + u];
+    long kept = significant(lam, m, least, idx);
+    for (long p = 0; p < R; p++) {
+        float mass_p = 1.0f; /* D_p; Σλ = 1 without weights */
+        if (a != NULL) {
+            mass_p = 0.0f;
+            for (long i = 0; i < kept; i++) mass_p += lam[idx[i]] * a[idx[i] * R + p];
         }
+        gather(lam, idx, kept, zy + p * 2 * v, R * 2 * v, 2 * v, ft);
+        float inv = 1.0f / mass_p, top = -INFINITY, mass = 0.0f, linear = 0.0f, total = 0.0f;
+        #pragma omp simd
+        for (long k = 0; k < 2 * v; k++) ft[k] *= inv;
+        const float *f = ft, *t = ft + v;
+        for (long k = 0; k < c; k++) top = f[k] > top ? f[k] : top;
+        #pragma omp simd reduction(+:mass, linear, total)
+        for (long k = 0; k < v; k++) { /* whole vectors: the padding has t = 0 and is masked out of the exponentials */
+            float e = expf(f[k] - top);
+            e = k < c ? e : 0.0f;
+            g[k] = e;
+            total += e;
+            mass += t[k];
+            linear += t[k] * f[k];
+        }
+        float share = mass / total;
+        #pragma omp simd
+        for (long k = 0; k < v; k++) g[k] = (g[k] * share - t[k]) * scale * inv;
+        for (long i = 0; i < kept; i++) {
+            long at = idx[i] * R + p;
+            float l = a != NULL ? lam[idx[i]] * a[at] : lam[idx[i]];
+            float *restrict out = grad + at * v;
+            for (long k = 0; k < v; k += CHUNK) {
+                #pragma omp simd
+                for (int u = 0; u < CHUNK; u++) out[k + u] += l * g[k + u];
+            }
+        }
+        sums[p] += (top + logf(total)) * mass - linear;
     }
-    return (top + logf(total)) * mass - linear;
 }
 
-/* MultiMix's mixed loss in one pass, Λ never stored: over rows 0..n of the call's Λ (the rows dirichlet() draws
-   under the same seed and law), the mean of mix_row into *loss and its gradient with respect to logits (m, c)
-   into grad (m, c); targets (m, c). Rows are summed per group of consecutive streams (`groups` of them, shared
-   out between the OpenMP threads from parallel_entries entries on), then the groups in order: the result
-   depends on the seed and the shapes alone. Returns 0, or 1 when memory ran out (*loss and grad unset). */
-int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, long n, long m, long c,
-                      const float *logits, const float *targets, long rows_per_stream, long groups,
-                      long parallel_entries, float *loss, float *grad) {
+/* The mixed loss of MultiMix (R = 1, a = NULL) and Dense MultiMix (R positions, weights a) in one pass, Λ never
+   stored: over rows 0..n of the call's Λ (the rows dirichlet() draws under the same seed and law), the mean of
+   mix_row's ℓ_p into loss[p] and its gradient with respect to the logits x (m, R, c) into grad (m, R, c); targets
+   y (m, R, c), weights a (m, R) in [least, 1] or NULL. Rows are summed per group of consecutive streams (`groups`
+   of them, shared out between the OpenMP threads from parallel_entries entries on), then the groups in order:
+   the result depends on the seed and the shapes alone. Returns 0, or 1 when memory ran out (loss and grad
+   unset). */
+int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, long n, long m, long R, long c,
+                      const float *logits, const float *targets, const float *a, float least, long rows_per_stream,
+                      long groups, long parallel_entries, float *loss, float *grad) {
     const law_t law = {kind, p, q, floor_};
-    const long v = (c + CHUNK - 1) / CHUNK * CHUNK;
+    const long v = (c + CHUNK - 1) / CHUNK * CHUNK, width = R * 2 * v;
     const long streams = (n + rows_per_stream - 1) / rows_per_stream;
     const float scale = 1.0f / (float)n;
-    float *zy = calloc((size_t)(m * 2 * v), sizeof(float)); /* mix_row's operand: logits, then targets, padded */
-    float *parts = malloc((size_t)(groups * m * v) * sizeof(float));
-    double *sums = malloc((size_t)groups * sizeof(double));
+    float *zy = calloc((size_t)(m * width), sizeof(float)); /* mix_row's operand: weighted logits and targets */
+    float *parts = malloc((size_t)(groups * m * R * v) * sizeof(float));
+    double *sums = calloc((size_t)(groups * R), sizeof(double));
     int failed = zy == NULL || parts == NULL || sums == NULL;
     if (!failed) {
-        for (long j = 0; j < m; j++) {
-            memcpy(zy + j * 2 * v, logits + j * c, (size_t)c * sizeof(float));
-            memcpy(zy + j * 2 * v + v, targets + j * c, (size_t)c * sizeof(float));
+        for (long at = 0; at < m * R; at++) {
+            float w = a != NULL ? a[at] : 1.0f;
+            for (long k = 0; k < c; k++) {
+                zy[at * 2 * v + k] = w * logits[at * c + k];
+                zy[at * 2 * v + v + k] = w * targets[at * c + k];
+            }
         }
         #pragma omp parallel if (n * m >= parallel_entries)
         {
@@ -397,32 +415,32 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
             #pragma omp for schedule(static)
             for (long g = 0; g < groups; g++) {
                 if (lam == NULL) continue;
-                float *part = parts + g * m * v;
-                double sum = 0.0;
-                memset(part, 0, (size_t)(m * v) * sizeof(float));
+                float *part = parts + g * m * R * v;
+                memset(part, 0, (size_t)(m * R * v) * sizeof(float));
                 for (long s = g * streams / groups; s < (g + 1) * streams / groups; s++) {
                     stream_t stream;
                     long stop = (s + 1) * rows_per_stream < n ? (s + 1) * rows_per_stream : n;
                     start_stream(&stream, seed, (uint64_t)s);
                     for (long r = s * rows_per_stream; r < stop; r++) {
                         next_row(&law, &stream, lam, m);
-                        sum += mix_row(lam, m, c, zy, v, scale, part, lam + m);
+                        mix_row(lam, m, R, c, zy, a, least, v, scale, part, sums + g * R, lam + m);
                     }
                 }
-                sums[g] = sum;
             }
             free(lam);
         }
     }
     if (!failed) {
-        double total = 0.0;
-        for (long g = 0; g < groups; g++) total += sums[g];
-        *loss = (float)(total / (double)n);
-        for (long j = 0; j < m; j++)
+        for (long pos = 0; pos < R; pos++) {
+            double total = 0.0;
+            for (long g = 0; g < groups; g++) total += sums[g * R + pos];
+            loss[pos] = (float)(total / (double)n);
+        }
+        for (long at = 0; at < m * R; at++)
             for (long k = 0; k < c; k++) {
                 float sum = 0.0f;
-                for (long g = 0; g < groups; g++) sum += parts[(g * m + j) * v + k];
-                grad[j * c + k] = sum;
+                for (long g = 0; g < groups; g++) sum += parts[(g * m * R + at) * v + k];
+                grad[at * c + k] = sum;
             }
     }
     free(zy);

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed as D
+from .. import functional as MF
 from ..checks import check_choice
 from ..contract import dense_positions, pools_by_mean
 from ..embedding import DenseMultiMix, MultiMix
@@ -146,23 +147,39 @@ class DenseMultiMixMethod(MultiMixMethod):
         zf = dense_positions(model, features)  # (m, d, r)
         m, r = zf.shape[0], zf.shape[2]
         self.warn_single_position(r, x)
-        lam = self.sample_lam(m, zf.device)
         if targets.dim() > 2:
             targets = targets.flatten(2)  # (m, c, r)
             if targets.shape[2] != r:
                 raise ValueError(f"per-position soft targets must have {r} positions, got {tuple(targets.shape)}")
         attention = mix.attention_map(zf, self.blend(targets), head)  # (m, r)
-        mixed_logits, mixed_targets, logits, weights = mix.mixed_positions(zf, targets, head, lam, attention)
-        c = mixed_logits.shape[-1]
-        row_weights = None if weights is None else (weights / lam.shape[0]).reshape(-1)  # the mean over n tuples
-        width = mixed_targets.shape[-1]  # c, or 2c under the teacher's separate_term
-        terms = self.terms_of("mixed", mixed_logits.reshape(-1, c), mixed_targets.reshape(-1, width),
-                              row_weights=row_weights)
+        losses = None
+        # one pass (DenseMultiMix.position_losses) needs the default criterion, a pooled term that pools by the mean,
+        # and targets of c columns (not the teacher's 2c)
+        if self.objective.soft_cross_entropy and mix.one_pass(head, m) \
+                and (mix.pooled_weight == 0 or pools_by_mean(model)):
+            logits = MF.apply_per_position(head, zf)  # (m, c, r)
+            if targets.shape[1] == logits.shape[1]:
+                self.draws(zf.device)
+                losses = mix.position_losses(logits, targets, attention)
+        if losses is not None:
+            dense, pooled = losses
+            terms = [LossTerm("mixed", value=dense)]
+        else:
+            lam = self.sample_lam(m, zf.device)
+            mixed_logits, mixed_targets, logits, weights = mix.mixed_positions(zf, targets, head, lam, attention)
+            c = mixed_logits.shape[-1]
+            row_weights = None if weights is None else (weights / lam.shape[0]).reshape(-1)  # the mean over n tuples
+            width = mixed_targets.shape[-1]  # c, or 2c under the teacher's separate_term
+            terms = self.terms_of("mixed", mixed_logits.reshape(-1, c), mixed_targets.reshape(-1, width),
+                                  row_weights=row_weights)
+        c, width = logits.shape[1] if logits is not None else None, targets.shape[1]
         if mix.clean_weight > 0:
             clean_targets = targets.unsqueeze(2).expand(-1, -1, r) if targets.dim() == 2 else targets
             terms += self.terms_of("clean", logits.transpose(1, 2).reshape(-1, c),
                                    clean_targets.transpose(1, 2).reshape(-1, width), mix.clean_weight)
-        if mix.pooled_weight > 0:
+        if mix.pooled_weight > 0 and losses is not None:
+            terms.append(LossTerm("pooled", value=pooled, weight=mix.pooled_weight))
+        elif mix.pooled_weight > 0:
             pooled_targets = targets if targets.dim() == 2 else targets.mean(dim=2)
             if pools_by_mean(model):
                 # An affine head commutes with the mean over positions: g(mean_j z_j) = mean_j g(z_j).

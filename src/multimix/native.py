@@ -237,7 +237,7 @@ def mix_cross_entropy(lib, logits: Tensor, targets: Tensor, n: int, alpha: float
             raise ValueError(f"weights must lie in (0, 1], got [{least}, {float(weights.max())}]")
     loss, grad = torch.empty(R, dtype=torch.float32), torch.empty(logits.shape, dtype=torch.float32)
     failed = lib.mix_cross_entropy(seed, *_law(alpha, m), n, m, R, c, logits.data_ptr(), targets.data_ptr(), address,
-                                   least, rows_per_stream(m), partial_sums(n, m, R * -(-c // CHUNK) * CHUNK), PARALLEL_ENTRIES,
+                                   least, rows_per_stream(m), partial_sums(n, m, R * (c // CHUNK + 1) * CHUNK), PARALLEL_ENTRIES,
                                    loss.data_ptr(), grad.data_ptr())
     if failed:
         raise MemoryError(f"mix_cross_entropy: out of memory for the partial sums of {n} rows of {m}")

@@ -331,11 +331,12 @@ static void gather(const float *restrict lam, const int32_t *restrict idx, long 
 }
 
 /* One row λ (m) of Λ at R positions: zy (m, R, 2v) holds a_ip x_ip (c logits, zeros to v), then a_ip y_ip (c
-   targets, zeros to 2v), for example i at position p; a (m, R) the weights a_ip (NULL: all 1, with least = 1);
-   v ≥ c is a multiple of CHUNK. At each position p the mix is w_ip = λ_i a_ip / D_p, D_p = Σ_i λ_i a_ip, and
-   f_p = Σ_i w_ip x_ip, t_p = Σ_i w_ip y_ip. Adds the soft cross-entropy ℓ_p = logsumexp(f_p)·Σt_p − Σ_k t_pk f_pk
-   to sums[p] and its gradient with respect to x_ip, scaled, to grad (m, R, v): w_ip (softmax(f_p) Σt_p − t_p).
-   Only the entries of significant() take part. scratch: 3v + m floats. */
+   targets), a_ip, zeros to 2v, for example i at position p; a (m, R) the weights a_ip (NULL: all 1) of least
+   value `least`; v > c is a multiple of CHUNK. At each position p the mix is w_ip = λ_i a_ip / D_p,
+   D_p = Σ_i λ_i a_ip (the gathered column v + c), and f_p = Σ_i w_ip x_ip, t_p = Σ_i w_ip y_ip. Adds the soft
+   cross-entropy ℓ_p = logsumexp(f_p)·Σt_p − Σ_k t_pk f_pk to sums[p] and its gradient with respect to x_ip,
+   scaled, to grad (m, R, v): w_ip (softmax(f_p) Σt_p − t_p). Only the entries of significant() take part.
+   scratch: 3v + m floats. */
 static void mix_row(const float *restrict lam, long m, long R, long c, const float *restrict zy,
                     const float *restrict a, float least, long v, float scale, float *restrict grad,
                     double *restrict sums, float *restrict scratch) {
@@ -343,29 +344,26 @@ static void mix_row(const float *restrict lam, long m, long R, long c, const flo
     int32_t *restrict idx = (int32_t *)(scratch + 3 * v);
     long kept = significant(lam, m, least, idx);
     for (long p = 0; p < R; p++) {
-        float mass_p = 1.0f; /* D_p; Σλ = 1 without weights */
-        if (a != NULL) {
-            mass_p = 0.0f;
-            for (long i = 0; i < kept; i++) mass_p += lam[idx[i]] * a[idx[i] * R + p];
-        }
         gather(lam, idx, kept, zy + p * 2 * v, R * 2 * v, 2 * v, ft);
-        float inv = 1.0f / mass_p, top = -INFINITY, mass = 0.0f, linear = 0.0f, total = 0.0f;
-        #pragma omp simd
-        for (long k = 0; k < 2 * v; k++) ft[k] *= inv;
         const float *f = ft, *t = ft + v;
-        for (long k = 0; k < c; k++) top = f[k] > top ? f[k] : top;
+        float inv = 1.0f / t[c], top = -INFINITY, mass = 0.0f, linear = 0.0f, total = 0.0f;
+        #pragma omp simd reduction(max:top)
+        for (long k = 0; k < v; k++) top = fmaxf(top, k < c ? f[k] : -INFINITY);
         #pragma omp simd reduction(+:mass, linear, total)
-        for (long k = 0; k < v; k++) { /* whole vectors: the padding has t = 0 and is masked out of the exponentials */
-            float e = expf(f[k] - top);
-            e = k < c ? e : 0.0f;
+        for (long k = 0; k < v; k++) { /* whole vectors, the padding masked out */
+            float e = k < c ? expf((f[k] - top) * inv) : 0.0f;
+            float tk = k < c ? t[k] : 0.0f;
             g[k] = e;
             total += e;
-            mass += t[k];
-            linear += t[k] * f[k];
+            mass += tk;
+            linear += tk * f[k];
         }
+        mass *= inv; /* Σt_p; f and t are the gathered sums over D_p */
+        linear *= inv * inv;
+        top *= inv;
         float share = mass / total;
         #pragma omp simd
-        for (long k = 0; k < v; k++) g[k] = (g[k] * share - t[k]) * scale * inv;
+        for (long k = 0; k < v; k++) g[k] = k < c ? (g[k] * share - t[k] * inv) * scale * inv : 0.0f;
         for (long i = 0; i < kept; i++) {
             long at = idx[i] * R + p;
             float l = a != NULL ? lam[idx[i]] * a[at] : lam[idx[i]];
@@ -390,7 +388,7 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
                       const float *logits, const float *targets, const float *a, float least, long rows_per_stream,
                       long groups, long parallel_entries, float *loss, float *grad) {
     const law_t law = {kind, p, q, floor_};
-    const long v = (c + CHUNK - 1) / CHUNK * CHUNK, width = R * 2 * v;
+    const long v = (c + CHUNK) / CHUNK * CHUNK, width = R * 2 * v; /* room for D_p's column */
     const long streams = (n + rows_per_stream - 1) / rows_per_stream;
     const float scale = 1.0f / (float)n;
     float *zy = calloc((size_t)(m * width), sizeof(float)); /* mix_row's operand: weighted logits and targets */
@@ -404,6 +402,7 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
                 zy[at * 2 * v + k] = w * logits[at * c + k];
                 zy[at * 2 * v + v + k] = w * targets[at * c + k];
             }
+            zy[at * 2 * v + v + c] = w;
         }
         #pragma omp parallel if (n * m >= parallel_entries)
         {

@@ -191,8 +191,10 @@ static void start_stream(stream_t *s, uint64_t seed, uint64_t index) {
     s->pos = s->size = 0;
 }
 
-/* The stream's next row o[0..m): the next m accepted candidates, in order, normalised. */
-static void next_row(const law_t *law, stream_t *s, float *restrict o, long m) {
+/* The stream's next row o[0..m): the next m accepted candidates, in order, as weights (for α < 1 exponentials of
+   the log-weights less their maximum, floored), divided by their sum when `normalise` (mix_row divides by the
+   sums it gathers instead). */
+static void next_row(const law_t *law, stream_t *s, float *restrict o, long m, int normalise) {
     long k = 0;
     while (k < m) {
         if (s->pos == s->size) {
@@ -216,16 +218,20 @@ static void next_row(const law_t *law, stream_t *s, float *restrict o, long m) {
             o[j] = x;
             sum += x;
         }
+        if (!normalise) return;
         float inv = 1.0f / sum;
         #pragma omp simd
         for (long j = 0; j < m; j++) o[j] *= inv;
-    } else {
+    } else if (normalise) {
         float sum = 0.0f;
         #pragma omp simd reduction(+:sum)
         for (long j = 0; j < m; j++) sum += o[j];
         float inv = 1.0f / sum;
         #pragma omp simd
         for (long j = 0; j < m; j++) o[j] *= inv;
+    } else if (law->kind == 1) { /* the weights are the exponentials −log U */
+        #pragma omp simd
+        for (long j = 0; j < m; j++) o[j] = -o[j];
     }
 }
 
@@ -243,7 +249,7 @@ void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *o
         long done = s * rows_per_stream;
         long stop = done + rows_per_stream < rows ? done + rows_per_stream : rows;
         start_stream(&stream, seed, (uint64_t)((first_row + done) / rows_per_stream));
-        for (long r = done; r < stop; r++) next_row(&law, &stream, out + r * m, m);
+        for (long r = done; r < stop; r++) next_row(&law, &stream, out + r * m, m, 1);
     }
 }
 
@@ -421,7 +427,7 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
                     long stop = (s + 1) * rows_per_stream < n ? (s + 1) * rows_per_stream : n;
                     start_stream(&stream, seed, (uint64_t)s);
                     for (long r = s * rows_per_stream; r < stop; r++) {
-                        next_row(&law, &stream, lam, m);
+                        next_row(&law, &stream, lam, m, 0);
                         mix_row(lam, m, R, c, zy, a, least, v, scale, part, sums + g * R, lam + m);
                     }
                 }

@@ -259,10 +259,9 @@ void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *o
 #error "CHUNK is set by multimix/native.py (-DCHUNK=...)"
 #endif
 
-/* The entries of λ (m) that can move a weighted sum Σ_j λ_j a_j x_j in float32 (weights a_j in [least, 1]), in
-   order, into idx; returns their count: those ≥ max λ · least · 2^-24 / m. The others add up to less than
-   2^-24 · max λ · least, below the rounding of the largest term. At the default concentration (α = 1/m) about 20
-   of m = 128 entries are kept (each factor 10 less in `least` adds about α·m·log 10); at α ≥ 1 nearly all. */
+/* The entries of λ (m) that can move the mixes in float32, in order, into idx; returns their count: those
+   ≥ max λ · least · 2^-24 / m, where `least` is the least weight times the spread of the examples' magnitudes
+   (native.py: mix_cross_entropy). The others add up to less than 2^-24 of the smallest scale of a kept term. */
 static long significant(const float *restrict lam, long m, float least, int32_t *restrict idx) {
     float top = 0.0f;
     #pragma omp simd reduction(max:top)

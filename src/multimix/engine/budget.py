@@ -12,7 +12,11 @@ computed. In float32 words (4 bytes), for a mini-batch of m examples of c
 classes, n interpolation vectors over tuples of t examples drawn ``rows_per_draw``
 = k rows at a time, and dense features with r positions:
 
-- MultiMix's Λ: ``S·⌈n/k⌉·t + n·m``: the Dirichlet sampler's output and scratch
+- MultiMix's and Dense MultiMix's mixed terms in one pass (:mod:`multimix.fused`: on the CPU with the compiled
+  kernels, k = 1 and tuples of the whole batch, assuming an affine head and the default criterion): Λ is never
+  stored, so ``PARTIAL_FLOATS`` (the kernel's partial gradients, at most 4 MiB) plus the padded operand,
+  whatever n. Measured at n = 2·10⁵: about 2 MiB above the model's own step (tests/test_budgets.py).
+- Otherwise MultiMix's Λ: ``S·⌈n/k⌉·t + n·m``: the Dirichlet sampler's output and scratch
   (S = 1 on the CPU, whose sampler works block by block in place; S = 3 on
   other devices, where torch's gamma kernel holds the concentrations, the draws
   and the boost's uniforms), and Λ over the whole mini-batch (n × m) with the
@@ -48,10 +52,12 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .. import native
 from ..data import dataset_family
 from ..data.audio import HOP_LENGTH, N_MELS, NUM_SAMPLES
 from ..data.tabular import ADULT_CATEGORICAL, ADULT_NUMERIC
 from ..models import GRAPH_MODELS, create_for_data
+from ..sampling import cpu_route
 from .config import TrainConfig, resolve_device
 
 __all__ = ["MemoryBudgetError", "Estimate", "available_memory", "format_bytes", "step_estimate", "data_estimate",
@@ -230,11 +236,16 @@ def step_estimate(*, model: str, input_shape, num_classes: int, batch: int, widt
         n = int(args.get("n", 1000))
         t = min(int(args.get("tuple_size") or m), m)
         k = max(1, int(args.get("rows_per_draw", 1)))
-        sampler = SAMPLER_COPIES.get(torch.device(device).type, 3)
-        words = sampler * math.ceil(n / k) * t + n * m + 4 * n * c
-        if method == "dense_multimix":
-            r = 1  # positions of the dense features: at least one
-            words += 6 * n * r * c
+        if torch.device(device).type == "cpu" and k == 1 and t == m and cpu_route() == "native":
+            # the one pass (multimix.fused): Λ is never stored; partial gradients (at most PARTIAL_FLOATS) and the
+            # operand (the examples' logits and targets at R ≤ 2 positions, padded)
+            words = native.PARTIAL_FLOATS + 2 * m * 2 * (c + native.CHUNK)
+        else:
+            sampler = SAMPLER_COPIES.get(torch.device(device).type, 3)
+            words = sampler * math.ceil(n / k) * t + n * m + 4 * n * c
+            if method == "dense_multimix":
+                r = 1  # positions of the dense features: at least one
+                words += 6 * n * r * c
         parts[f"n={n}"] = FLOAT * float(words)
     return Estimate(parts, f"one {METHOD_NAMES.get(method, method)} step")
 

@@ -23,7 +23,7 @@ import torch
 
 from .engine import (CheckpointError, DistributedError, NonFiniteLossError, TrainConfig, Trainer, bundled_configs,
                      load_recipe, resolve_device)
-from .engine.budget import check_fits, check_memory, step_estimate
+from .engine.budget import Estimate, check_fits, check_memory, step_estimate
 from .engine.config import MAX_SEED
 from .engine.processes import check_writable, run_in_processes
 from .engine.signals import Interrupted, exit_status
@@ -395,7 +395,12 @@ def run_speed_command(args) -> int:
             steps = [step_estimate(model=args.model, input_shape=shape, num_classes=classes, batch=args.batch_size,
                                    width=args.width, method=method, method_args={"n": max(args.ns)}, device=device)
                      for method in ("multimix", "dense_multimix")]
-            check_fits(max(steps, key=lambda step: step.total), device, hint="pass --no-memory-check to try anyway")
+            step = max(steps, key=lambda step: step.total)
+            # the floors store Λ: one (n, m) per n for the mixing products, two more of the largest while timed
+            floors = 4.0 * args.batch_size * (sum(args.ns) + 2 * max(args.ns))
+            cause = f"n={max(args.ns)}"
+            check_fits(Estimate({**step.parts, cause: step.parts.get(cause, 0.0) + floors}, step.work), device,
+                       hint="pass --no-memory-check to try anyway")
         check_writable(Path(args.out_dir))  # before the measurements, not after them
     rows = measure_speed(model_name=args.model, width=args.width, input_shape=shape, num_classes=classes,
                          batch_size=args.batch_size, ns=args.ns, repeats=args.repeats,

@@ -16,7 +16,7 @@ from . import functional as MF
 from . import fused
 from .checks import check_label_smoothing, check_positive_int
 
-__all__ = ["MultiMix", "DenseMultiMix", "ATTENTIONS"]
+__all__ = ["MultiMix", "DenseMultiMix", "ATTENTIONS", "replaced"]
 
 Attention = Literal["uniform", "self", "cam"]
 PositionWeighting = Literal["uniform", "attention"]
@@ -24,6 +24,12 @@ ATTENTIONS = get_args(Attention)
 POSITION_WEIGHTINGS = get_args(PositionWeighting)
 MULTI_LABEL_HINT = ("This loss is soft cross-entropy; for multi-hot (multi-label) rows use the method, "
                     "multimix.create_method('multimix', criterion=multimix.losses.bce_with_logits)")
+
+
+def replaced(obj, name: str, owner: type) -> bool:
+    """Whether ``obj.name`` is not ``owner``'s: set on the instance, or overridden by a subclass (a Λ supplied by
+    replacing ``sample_lam`` is then mixed as drawn, not through the one pass)."""
+    return name in vars(obj) or getattr(type(obj), name) is not getattr(owner, name)
 
 
 def _num_classes_of(head) -> Optional[int]:
@@ -166,8 +172,9 @@ class MultiMix:
     def one_pass(self, head, m: int) -> bool:
         """Whether the mixed loss of a batch of m is :func:`multimix.functional.mixed_cross_entropy` of g(Z) and Y
         (one pass on the CPU, Λ never stored): an affine head, and Λ = ``dirichlet(n, m, α)`` itself (tuples of
-        the whole batch, one row per draw)."""
-        return self.is_affine(head) and (self.tuple_size is None or self.tuple_size >= m) and self.rows_per_draw == 1
+        the whole batch, one row per draw, and :meth:`sample_lam` not replaced)."""
+        return (self.is_affine(head) and (self.tuple_size is None or self.tuple_size >= m) and self.rows_per_draw == 1
+                and not replaced(self, "sample_lam", MultiMix))
 
     def mixed_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The mixed loss of logits g(Z) (m, c) and targets Y (m, c) under a fresh Λ (where :meth:`one_pass`)."""

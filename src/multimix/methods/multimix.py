@@ -18,7 +18,7 @@ from .. import distributed as D
 from .. import functional as MF
 from ..checks import check_choice
 from ..contract import dense_positions, pools_by_mean
-from ..embedding import DenseMultiMix, MultiMix
+from ..embedding import DenseMultiMix, MultiMix, replaced
 from .base import Method
 from .settings import Setting, settings_of
 from .terms import LossTerm
@@ -103,7 +103,8 @@ class MultiMixMethod(Method):
             raise ValueError(f"model.pool must give embeddings (m, d), got {tuple(z.shape)}")
         head = model.head
         # one pass (MultiMix.one_pass) needs the default criterion and targets of c columns (not the teacher's 2c)
-        one_pass = self.objective.soft_cross_entropy and self.mix.one_pass(head, z.shape[0])
+        one_pass = self.objective.soft_cross_entropy and self.mix.one_pass(head, z.shape[0]) \
+            and not replaced(self, "sample_lam", MultiMixMethod)
         logits = head(z) if self.mix.clean_weight > 0 or one_pass else None
         if one_pass and targets.shape == logits.shape:
             self.draws(z.device)
@@ -156,7 +157,7 @@ class DenseMultiMixMethod(MultiMixMethod):
         # one pass (DenseMultiMix.position_losses) needs the default criterion, a pooled term that pools by the mean,
         # and targets of c columns (not the teacher's 2c)
         if self.objective.soft_cross_entropy and mix.one_pass(head, m) \
-                and (mix.pooled_weight == 0 or pools_by_mean(model)):
+                and not replaced(self, "sample_lam", MultiMixMethod) and (mix.pooled_weight == 0 or pools_by_mean(model)):
             logits = MF.apply_per_position(head, zf)  # (m, c, r)
             if targets.shape[1] == logits.shape[1]:
                 self.draws(zf.device)

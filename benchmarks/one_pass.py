@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     def variants(n: int) -> dict:
         # the dense "embeddings" are the per-position logits and the head the identity (affine: the same path)
-        dense = multimix.DenseMultiMix(n, affine=True, generator=torch.Generator().manual_seed(1))
+        dense = multimix.DenseMultiMix(n, affine=True, num_classes=c, generator=torch.Generator().manual_seed(1))
         alpha, head = 1 / m, torch.nn.Identity()
         return {
             "MultiMix, one pass": lambda: MF.mixed_cross_entropy(logits, targets, n, alpha, generator=g),

@@ -62,7 +62,6 @@ STREAM_ENTRIES = 1 << 15  # entries per stream (rows_per_stream rows of m): the 
 # n = 1000 (m = 128, 4 streams) halves at two threads (0.45 -> 0.23 ms, benchmarks/sampler_threads.py --n 1000)
 PARALLEL_ENTRIES = 2 * STREAM_ENTRIES
 PARTIAL_FLOATS = 1 << 20  # the most floats of partial gradients mix_cross_entropy keeps (4 MB)
-TINY = float(np.finfo(np.float32).tiny)  # the cut-off factor's floor: a float32 normal number
 MIN_ALPHA = 1e-30  # below, 1/α leaves float32's range: such α take the eager sampler
 # xoshiro256++ generators per stream, one per SIMD lane, and steps of all of them per refill (512 outputs: a multiple
 # of 16, which the AVX-512 compaction takes at a time); given to the compiler, their one definition
@@ -219,7 +218,8 @@ def mix_cross_entropy(lib, logits: Tensor, targets: Tensor, n: int, alpha: float
 
     Each row is drawn, mixed, scored and back-propagated while it is in the L1 cache, over the entries that
     can move a float32 sum: λ_i ≥ 2^-24/m · max λ · ``least``, with ``least`` = min a · min_i s_i / max_i s_i
-    and s_i the largest |x_i·|, |y_i·| of example i (rows of zeros aside). The others add up to less than 2^-24
+    and s_i the largest |x_i·|, |y_i·| of example i (rows of zeros aside; 0 when a value is not finite: then
+    every entry), computed in the kernel. The others add up to less than 2^-24
     of max λ · min a · min_i s_i, the float32 rounding of any kept term's scale. That is about 20 of m = 128
     entries at the default concentration α = 1/m (each factor 10 less in ``least`` adds about α·m·log 10). No
     n·m array is written or read.
@@ -230,7 +230,7 @@ def mix_cross_entropy(lib, logits: Tensor, targets: Tensor, n: int, alpha: float
         if x.dtype != torch.float32 or x.shape != logits.shape or not x.is_contiguous() or x.device.type != "cpu":
             raise ValueError(f"{name} must be a contiguous float32 CPU tensor (m, c) or (m, R, c) like logits "
                              f"{tuple(logits.shape)}, got {x.dtype} {tuple(x.shape)}")
-    least, address = _spread(logits, targets), None
+    least, address = 1.0, None
     if weights is not None:
         if weights.dtype != torch.float32 or weights.shape != (m, R) or not weights.is_contiguous():
             raise ValueError(f"weights must be a contiguous (m, R) = {(m, R)} float32 tensor, got {weights.dtype} "
@@ -238,24 +238,14 @@ def mix_cross_entropy(lib, logits: Tensor, targets: Tensor, n: int, alpha: float
         low, high = torch.aminmax(weights)
         if not 0.0 < float(low) <= float(high) <= 1.0:
             raise ValueError(f"weights must lie in (0, 1], got [{float(low)}, {float(high)}]")
-        least, address = least * float(low), weights.data_ptr()
+        least, address = float(low), weights.data_ptr()
     loss, grad = torch.empty(R, dtype=torch.float32), torch.empty(logits.shape, dtype=torch.float32)
     failed = lib.mix_cross_entropy(seed, *_law(alpha, m), n, m, R, c, logits.data_ptr(), targets.data_ptr(), address,
-                                   max(least, TINY), rows_per_stream(m), partial_sums(n, m, R * (c // CHUNK + 1) * CHUNK),
+                                   least, rows_per_stream(m), partial_sums(n, m, R * (c // CHUNK + 1) * CHUNK),
                                    PARALLEL_ENTRIES, loss.data_ptr(), grad.data_ptr())
     if failed:
         raise MemoryError(f"mix_cross_entropy: out of memory for the partial sums of {n} rows of {m}")
     return loss, grad
-
-
-def _spread(logits: Tensor, targets: Tensor) -> float:
-    """min_i s_i / max_i s_i over the examples i with s_i > 0, s_i the largest |value| of example i's logits and
-    targets (1 when every s_i is 0; 0 when a value is not finite)."""
-    scale = torch.maximum(logits.abs().flatten(1).amax(1), targets.abs().flatten(1).amax(1))
-    top = float(scale.max())
-    if not math.isfinite(top):
-        return 0.0
-    return float(torch.where(scale > 0, scale, top).min()) / top if top > 0 else 1.0
 
 
 def _check_rows(a: np.ndarray, name: str) -> "tuple[int, int]":

@@ -382,10 +382,17 @@ static void mix_row(const float *restrict lam, long m, long R, long c, const flo
     }
 }
 
+/* Whether x is finite, from its bits (-ffast-math lets the compiler assume isfinite() true). */
+static inline int finite_bits(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    return (bits & 0x7f800000u) != 0x7f800000u;
+}
+
 /* The mixed loss of MultiMix (R = 1, a = NULL) and Dense MultiMix (R positions, weights a) in one pass, Λ never
    stored: over rows 0..n of the call's Λ (the rows dirichlet() draws under the same seed and law), the mean of
    mix_row's ℓ_p into loss[p] and its gradient with respect to the logits x (m, R, c) into grad (m, R, c); targets
-   y (m, R, c), weights a (m, R) in [least, 1] or NULL. Rows are summed per group of consecutive streams (`groups`
+   y (m, R, c), weights a (m, R) in [least, 1] or NULL (least = 1). Rows are summed per group of consecutive streams (`groups`
    of them, shared out between the OpenMP threads from parallel_entries entries on), then the groups in order:
    the result depends on the seed and the shapes alone. Returns 0, or 1 when memory ran out (loss and grad
    unset). */
@@ -401,6 +408,20 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
     double *sums = calloc((size_t)(groups * R), sizeof(double));
     int failed = zy == NULL || parts == NULL || sums == NULL;
     if (!failed) {
+        /* the cut-off also scales with the spread of the examples' magnitudes: min over examples with a nonzero
+           value of their largest |value| (logits and targets, every position), over the largest of all */
+        float low = INFINITY, high = 0.0f;
+        for (long i = 0; i < m; i++) {
+            float top = 0.0f;
+            for (long k = 0; k < R * c; k++)
+                top = fmaxf(top, fmaxf(fabsf(logits[i * R * c + k]), fabsf(targets[i * R * c + k])));
+            high = fmaxf(high, top);
+            low = top > 0.0f ? fminf(low, top) : low;
+        }
+        int finite = 1;
+        for (long k = 0; k < m * R * c; k++) finite &= finite_bits(logits[k]) & finite_bits(targets[k]);
+        least *= !finite ? 0.0f : high > 0.0f ? low / high : 1.0f;
+        least = fmaxf(least, 1.17549435e-38f); /* a normal number: the cut-off stays a product of normals */
         for (long at = 0; at < m * R; at++) {
             float w = a != NULL ? a[at] : 1.0f;
             for (long k = 0; k < c; k++) {

@@ -329,13 +329,13 @@ class DenseMultiMix(MultiMix):
         (:mod:`multimix.fused`), for per-position logits g(z) (m, c, r), targets Y (m, c) or (m, c, r) and
         attention a (m, r); None where the one pass does not run (another device, a dtype above float32): then
         sample Λ and mix. The pooled term is the mix of the mean logits over positions (an affine head's logits
-        of the mean embedding). Zero attention counts as :func:`multimix.functional.dense_interpolate` counts it.
+        of the mean embedding). Zero attention counts as in :func:`multimix.functional.dense_interpolate`
+        (:func:`multimix.functional.positive_attention`).
         """
         m, c, r = logits.shape
         work = logits.transpose(1, 2)  # (m, r, c): positions as the kernel reads them
         position_targets = (targets.unsqueeze(1).expand(-1, r, -1) if targets.dim() == 2 else targets.transpose(1, 2))
-        weights = attention.float()
-        weights = weights + (weights == 0).float() * torch.finfo(torch.float32).tiny ** 0.75
+        weights = MF.positive_attention(attention, torch.float32)
         if self.pooled_weight > 0:
             pooled_targets = targets if targets.dim() == 2 else targets.mean(dim=2)
             work = torch.cat([work, logits.mean(dim=2).unsqueeze(1)], dim=1)  # (m, r + 1, c)

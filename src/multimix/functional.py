@@ -50,6 +50,7 @@ __all__ = [
     "self_attention",
     "class_activation_attention",
     "dense_interpolation_weights",
+    "positive_attention",
     "dense_interpolate",
     "cutmix_mask",
     "mixupe_residual_term",
@@ -485,6 +486,13 @@ def dense_interpolation_weights(lam: Tensor, attention: Tensor) -> Tensor:
     return torch.where(ok, w, lam.unsqueeze(2).expand_as(w))
 
 
+def positive_attention(attention: Tensor, dtype: torch.dtype) -> Tensor:
+    """Attention a (m, r) in ``dtype`` with its zero entries raised to ε = tiny^¾ of ``dtype`` (≈ 2e-29 in
+    float32), so that every tuple's denominator Σ_i λ_ki a_ij is positive (see :func:`dense_interpolate`)."""
+    a = attention.to(dtype)
+    return a + (a == 0).to(dtype) * torch.finfo(dtype).tiny ** 0.75
+
+
 def dense_interpolate(lam: Tensor, attention: Tensor, x: Tensor) -> Tensor:
     """Σ_i w_kij x_i·j with w = :func:`dense_interpolation_weights` (lam, attention), without building w.
 
@@ -510,8 +518,7 @@ def dense_interpolate(lam: Tensor, attention: Tensor, x: Tensor) -> Tensor:
     m, c, r = x.shape
     with torch.autocast(device_type=x.device.type, enabled=False):
         lam = lam.to(device=x.device, dtype=work)
-        a = attention.to(work)
-        a = a + (a == 0).to(work) * torch.finfo(work).tiny ** 0.75  # (m, r)
+        a = positive_attention(attention, work)  # (m, r)
         weighted = (x.to(work) * a.unsqueeze(1)).transpose(1, 2).reshape(m, r * c)  # (m, r·c): channels last
         den = lam @ a  # (n, r) > 0
         return (lam @ weighted).view(-1, r, c) / den.unsqueeze(2)

@@ -54,8 +54,8 @@ import numpy as np
 import torch  # loaded before the library, so that torch's libgomp.so.1 is the process's copy
 from torch import Tensor
 
-__all__ = ["LANES", "MIN_ALPHA", "STEPS", "STREAM_ENTRIES", "dirichlet", "kernels", "log_weight_floor", "mix_cross_entropy", "partial_sums", "rows_per_stream",
-           "stream_outputs"]
+__all__ = ["LANES", "MIN_ALPHA", "STEPS", "STREAM_ENTRIES", "dirichlet", "kernels", "log_weight_floor",
+           "mix_cross_entropy", "padded_classes", "partial_sums", "rows_per_stream", "stream_outputs"]
 
 STREAM_ENTRIES = 1 << 15  # entries per stream (rows_per_stream rows of m): the unit of work of a thread
 # from two streams on, threads share the work: torch's pool is awake (spinning) right after its own ops, so even
@@ -71,7 +71,8 @@ CHUNK = 8  # the mixing operands' rows are padded to a multiple of this many flo
 SOURCE_FILE = "native_sampler.c"  # beside this module (package data)
 # -fopenmp links libgomp.so.1 by soname, so the process's copy, the one torch loaded, serves the library too: one
 # thread pool (no second team spinning against torch's), sized by torch.set_num_threads
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", f"-DLANES={LANES}", f"-DSTEPS={STEPS}", f"-DCHUNK={CHUNK}", "-c")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", f"-DLANES={LANES}", f"-DSTEPS={STEPS}",
+         f"-DCHUNK={CHUNK}", "-c")
 LIBS = ("-shared", "-fopenmp", "-lmvec", "-lm")
 COMPILE_SECONDS = 120
 
@@ -130,8 +131,8 @@ def _build(folder: Path, keep: bool) -> Optional[ctypes.CDLL]:
     lib.stream_outputs.argtypes = [u64, u64, long, ptr]
     lib.dirichlet.argtypes = [u64, ctypes.c_int, f32, f32, f32, ptr, long, long, long, long, long]
     lib.stream_outputs.restype = lib.dirichlet.restype = None
-    lib.mix_cross_entropy.argtypes = [u64, ctypes.c_int, f32, f32, f32, long, long, long, long, ptr, ptr, ptr, f32,
-                                      long, long, long, ptr, ptr]
+    lib.mix_cross_entropy.argtypes = [u64, ctypes.c_int, f32, f32, f32, long, long, long, long, long, ptr, ptr, ptr,
+                                      f32, long, long, long, ptr, ptr]
     lib.mix_cross_entropy.restype = ctypes.c_int
     lib.max_threads.argtypes, lib.max_threads.restype = [], ctypes.c_int
     return lib
@@ -198,6 +199,12 @@ def dirichlet(lib, out: np.ndarray, alpha: float, seed: int, *, first_row: int =
     lib.dirichlet(seed, *_law(alpha, m), out.ctypes.data, first_row, rows, m, per_stream, PARALLEL_ENTRIES)
 
 
+def padded_classes(c: int) -> int:
+    """v: c classes and the weight column after them, in whole CHUNKs (the width of each half of the kernel's
+    operand rows, and of its partial gradients' rows)."""
+    return (c // CHUNK + 1) * CHUNK
+
+
 def partial_sums(n: int, m: int, width: int) -> int:
     """The groups of consecutive streams whose sums :func:`mix_cross_entropy` keeps apart (then adds in order),
     for gradients of m rows of ``width`` floats: at most 64, and at most ``PARTIAL_FLOATS`` floats of partial
@@ -240,9 +247,10 @@ def mix_cross_entropy(lib, logits: Tensor, targets: Tensor, n: int, alpha: float
             raise ValueError(f"weights must lie in (0, 1], got [{float(low)}, {float(high)}]")
         least, address = float(low), weights.data_ptr()
     loss, grad = torch.empty(R, dtype=torch.float32), torch.empty(logits.shape, dtype=torch.float32)
-    failed = lib.mix_cross_entropy(seed, *_law(alpha, m), n, m, R, c, logits.data_ptr(), targets.data_ptr(), address,
-                                   least, rows_per_stream(m), partial_sums(n, m, R * (c // CHUNK + 1) * CHUNK),
-                                   PARALLEL_ENTRIES, loss.data_ptr(), grad.data_ptr())
+    v = padded_classes(c)
+    failed = lib.mix_cross_entropy(seed, *_law(alpha, m), n, m, R, c, v, logits.data_ptr(), targets.data_ptr(),
+                                   address, least, rows_per_stream(m), partial_sums(n, m, R * v), PARALLEL_ENTRIES,
+                                   loss.data_ptr(), grad.data_ptr())
     if failed:
         raise MemoryError(f"mix_cross_entropy: out of memory for the partial sums of {n} rows of {m}")
     return loss, grad

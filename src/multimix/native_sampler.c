@@ -290,7 +290,8 @@ static long significant(const float *restrict lam, long m, float least, int32_t 
 static void gather(const float *restrict lam, const int32_t *restrict idx, long kept, const float *restrict zy,
                    long stride, long w, float *restrict ft) {
 #if defined(__AVX2__) && defined(__FMA__)
-    if (w <= 32) { /* up to 16 classes: the sums in registers, two sets for alternate entries (two FMA chains) */
+    if (w <= 32) { /* up to 15 classes (v ≤ 16): the sums in registers, in two sets for alternate entries
+                      (two chains of multiply-adds) */
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         long i = 0;
         for (; i + 2 <= kept; i += 2) {
@@ -392,15 +393,16 @@ static inline int finite_bits(float x) {
 /* The mixed loss of MultiMix (R = 1, a = NULL) and Dense MultiMix (R positions, weights a) in one pass, Λ never
    stored: over rows 0..n of the call's Λ (the rows dirichlet() draws under the same seed and law), the mean of
    mix_row's ℓ_p into loss[p] and its gradient with respect to the logits x (m, R, c) into grad (m, R, c); targets
-   y (m, R, c), weights a (m, R) in [least, 1] or NULL (least = 1). Rows are summed per group of consecutive streams (`groups`
-   of them, shared out between the OpenMP threads from parallel_entries entries on), then the groups in order:
-   the result depends on the seed and the shapes alone. Returns 0, or 1 when memory ran out (loss and grad
+   y (m, R, c), weights a (m, R) in [least, 1] or NULL (least = 1); v > c, a multiple of CHUNK, is native.py's
+   padded_classes(c) (room for D_p's column). Rows are summed per group of consecutive streams (`groups` of them,
+   shared out between the OpenMP threads from parallel_entries entries on), then the groups in order: the result
+   depends on the seed and the shapes alone. Returns 0, or 1 when memory ran out (loss and grad
    unset). */
 int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, long n, long m, long R, long c,
-                      const float *logits, const float *targets, const float *a, float least, long rows_per_stream,
-                      long groups, long parallel_entries, float *loss, float *grad) {
+                      long v, const float *logits, const float *targets, const float *a, float least,
+                      long rows_per_stream, long groups, long parallel_entries, float *loss, float *grad) {
     const law_t law = {kind, p, q, floor_};
-    const long v = (c + CHUNK) / CHUNK * CHUNK, width = R * 2 * v; /* room for D_p's column */
+    const long width = R * 2 * v;
     const long streams = (n + rows_per_stream - 1) / rows_per_stream;
     const float scale = 1.0f / (float)n;
     float *zy = calloc((size_t)(m * width), sizeof(float)); /* mix_row's operand: weighted logits and targets */

@@ -239,7 +239,7 @@ def step_estimate(*, model: str, input_shape, num_classes: int, batch: int, widt
         if torch.device(device).type == "cpu" and k == 1 and t == m and cpu_route() == "native":
             # the one pass (multimix.fused): Λ is never stored; partial gradients (at most PARTIAL_FLOATS) and the
             # operand (the examples' logits and targets at R ≤ 2 positions, padded)
-            words = native.PARTIAL_FLOATS + 2 * m * 2 * (c + native.CHUNK)
+            words = native.PARTIAL_FLOATS + 2 * m * 2 * native.padded_classes(c)
         else:
             sampler = SAMPLER_COPIES.get(torch.device(device).type, 3)
             words = sampler * math.ceil(n / k) * t + n * m + 4 * n * c

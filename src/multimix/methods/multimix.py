@@ -91,6 +91,12 @@ class MultiMixMethod(Method):
             targets = D.all_gather_with_grad(targets) if targets.requires_grad else D.all_gather(targets)
         return z, targets
 
+    def one_pass(self, head, m: int) -> bool:
+        """Whether the mixed term may take the mix's one pass (:meth:`MultiMix.one_pass`): also the default
+        criterion, and :meth:`sample_lam` not replaced."""
+        return (self.objective.soft_cross_entropy and self.mix.one_pass(head, m)
+                and not replaced(self, "sample_lam", MultiMixMethod))
+
     def sample_lam(self, m: int, device) -> Tensor:
         """Λ (n, m) from the method's generator, on ``device``."""
         self.draws(device)
@@ -102,11 +108,9 @@ class MultiMixMethod(Method):
         if z.dim() != 2:
             raise ValueError(f"model.pool must give embeddings (m, d), got {tuple(z.shape)}")
         head = model.head
-        # one pass (MultiMix.one_pass) needs the default criterion and targets of c columns (not the teacher's 2c)
-        one_pass = self.objective.soft_cross_entropy and self.mix.one_pass(head, z.shape[0]) \
-            and not replaced(self, "sample_lam", MultiMixMethod)
+        one_pass = self.one_pass(head, z.shape[0])
         logits = head(z) if self.mix.clean_weight > 0 or one_pass else None
-        if one_pass and targets.shape == logits.shape:
+        if one_pass and targets.shape == logits.shape:  # not the teacher's (hard, teacher) 2c columns
             self.draws(z.device)
             terms = [LossTerm("mixed", value=self.mix.mixed_loss(logits, targets))]
         else:
@@ -154,12 +158,10 @@ class DenseMultiMixMethod(MultiMixMethod):
                 raise ValueError(f"per-position soft targets must have {r} positions, got {tuple(targets.shape)}")
         attention = mix.attention_map(zf, self.blend(targets), head)  # (m, r)
         losses = None
-        # one pass (DenseMultiMix.position_losses) needs the default criterion, a pooled term that pools by the mean,
-        # and targets of c columns (not the teacher's 2c)
-        if self.objective.soft_cross_entropy and mix.one_pass(head, m) \
-                and not replaced(self, "sample_lam", MultiMixMethod) and (mix.pooled_weight == 0 or pools_by_mean(model)):
+        # the one pass (DenseMultiMix.position_losses) pools by the mean
+        if self.one_pass(head, m) and (mix.pooled_weight == 0 or pools_by_mean(model)):
             logits = MF.apply_per_position(head, zf)  # (m, c, r)
-            if targets.shape[1] == logits.shape[1]:
+            if targets.shape[1] == logits.shape[1]:  # not the teacher's (hard, teacher) 2c columns
                 self.draws(zf.device)
                 losses = mix.position_losses(logits, targets, attention)
         if losses is not None:
@@ -173,8 +175,8 @@ class DenseMultiMixMethod(MultiMixMethod):
             width = mixed_targets.shape[-1]  # c, or 2c under the teacher's separate_term
             terms = self.terms_of("mixed", mixed_logits.reshape(-1, c), mixed_targets.reshape(-1, width),
                                   row_weights=row_weights)
-        c, width = logits.shape[1] if logits is not None else None, targets.shape[1]
         if mix.clean_weight > 0:
+            c, width = logits.shape[1], targets.shape[1]  # width: c, or 2c under the teacher's separate_term
             clean_targets = targets.unsqueeze(2).expand(-1, -1, r) if targets.dim() == 2 else targets
             terms += self.terms_of("clean", logits.transpose(1, 2).reshape(-1, c),
                                    clean_targets.transpose(1, 2).reshape(-1, width), mix.clean_weight)

@@ -116,4 +116,10 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # The Trainer opens a process group under torchrun but never closes it; Gloo's worker threads left running
+        # at interpreter exit abort the process (SIGABRT, "terminate called without an active exception").
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

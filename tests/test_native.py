@@ -229,3 +229,27 @@ def test_a_build_without_avx512_draws_the_same_rows(tmp_path):
         np.save({str(tmp_path / "portable.npy")!r}, out)""", XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert portable.returncode == 0, portable.stderr
     np.testing.assert_allclose(np.load(tmp_path / "portable.npy"), ours, rtol=1e-4, atol=1e-30)
+
+
+def test_the_squeeze_decides_every_candidate_as_the_logarithm_does(tmp_path):
+    """For small α the acceptance test s − log E ≤ 1 is decided from bounds on log E read off E's bits, and log E
+    is taken only where they leave it open: a build that always takes log E gives the same Λ, bit for bit."""
+    lib = compiled()
+    alphas = (1 / 128, 0.01, 0.05)  # p = 1/α ≥ 16: the squeeze's range
+    ours = []
+    for alpha in alphas:
+        ours.append(np.empty((4000, 128), dtype=np.float32))
+        native.dirichlet(lib, ours[-1], alpha, 7)
+    plain = run_python(f"""
+        import numpy as np
+        from multimix import native
+        native.FLAGS = native.FLAGS + ("-DSQUEEZE_P=3.0e38f",)
+        lib = native.kernels()
+        assert lib is not None
+        for k, alpha in enumerate({alphas!r}):
+            out = np.empty((4000, 128), dtype=np.float32)
+            native.dirichlet(lib, out, alpha, 7)
+            np.save({str(tmp_path)!r} + f"/plain{{k}}.npy", out)""", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert plain.returncode == 0, plain.stderr
+    for k, rows in enumerate(ours):
+        np.testing.assert_array_equal(np.load(tmp_path / f"plain{k}.npy"), rows)

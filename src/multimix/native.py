@@ -8,7 +8,10 @@ Julia's default generator does for bulk draws, and runs the eager sampler's
 algorithms on them:
 
 - α < 1: log Gamma(α) up to a constant from two exponentials (the eager
-  sampler's exponential proposal for Gamma(1 + α) and its boost);
+  sampler's exponential proposal for Gamma(1 + α) and its boost); for
+  α ≤ 1/16 its acceptance test s − log E ≤ 1 is first decided from bounds on
+  log E read off E's exponent and mantissa, and log E is taken only for the
+  few candidates they leave open (the same decisions, bit for bit);
 - α = 1: exponentials −log U;
 - α > 1: Marsaglia & Tsang (2000) with Box–Muller normals;
 
@@ -228,8 +231,9 @@ def mix_cross_entropy(lib, logits: Tensor, targets: Tensor, n: int, alpha: float
     and s_i the largest |x_i·|, |y_i·| of example i (rows of zeros aside; 0 when a value is not finite: then
     every entry), computed in the kernel. The others add up to less than 2^-24
     of max λ · min a · min_i s_i, the float32 rounding of any kept term's scale. That is about 20 of m = 128
-    entries at the default concentration α = 1/m (each factor 10 less in ``least`` adds about α·m·log 10). No
-    n·m array is written or read.
+    entries at the default concentration α = 1/m (each factor 10 less in ``least`` adds about α·m·log 10); for
+    α < 1 the cut is made on the log-weights, so that only the kept entries are exponentiated. No n·m array is
+    written or read.
     """
     m, *positions, c = logits.shape
     R = positions[0] if positions else 1

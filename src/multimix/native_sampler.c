@@ -1,6 +1,7 @@
 /* The fused CPU sampler of Λ ~ Dir(α·1_m) rows (float32), compiled and loaded by multimix/native.py, which
    documents it. xoshiro256++ bits on LANES SIMD lanes, the gammas and their rejections, the compaction of the
    accepted candidates and the row normalisation in one loop per stream of rows. */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -16,6 +17,11 @@
 #error "LANES and STEPS are set by multimix/native.py (-DLANES=... -DSTEPS=...)"
 #endif
 #define OUTPUTS (LANES * STEPS)
+/* From p = 1/α = SQUEEZE_P on, α < 1 takes the squeeze of its acceptance test (measured faster to α = 0.05; the
+   undecided band, and so the logarithms it still needs, grows with α); tests build without it (-DSQUEEZE_P=...) */
+#if !defined(SQUEEZE_P)
+#define SQUEEZE_P 16.0f
+#endif
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
@@ -102,8 +108,8 @@ static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, in
         }
         return 2 * OUTPUTS;
     }
-    if (kind == 0) { /* α < 1, p = 1/α: s = E − W/α with E from the low word, W from the high, accepted when
-                        s − log E ≤ 1 (and E > 0); one per output */
+    if (kind == 0 && p < SQUEEZE_P) { /* α < 1, p = 1/α: s = E − W/α with E from the low word, W from the high,
+                                         accepted when s − log E ≤ 1 (and E > 0); one per output */
         #pragma omp simd
         for (int i = 0; i < OUTPUTS; i++) {
             float e = -logf(unit(lo[i]));
@@ -112,6 +118,45 @@ static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, in
             v[i] = s;
             ok[i] = (e > 0.0f) & (test <= 1.0f);
         }
+        return OUTPUTS;
+    }
+    if (kind == 0) { /* the same with a squeeze: log E only where bounds from E's bits leave the test open */
+        float e[OUTPUTS];
+        int32_t open[OUTPUTS], any = 0;
+        #pragma omp simd reduction(|:any)
+        for (int i = 0; i < OUTPUTS; i++) {
+            float x = -logf(unit(lo[i]));
+            float s = x + logf(unit(hi[i])) * p;
+            /* E = 2^k (1 + f): log2(1 + f) lies between f and f + 0.0861 (its chord and the chord's largest gap),
+               so −log E lies between −ln2 (k + f + 0.0861) and −ln2 (k + f); decided where the test holds or fails
+               for both by more than float rounding (2^-16 of the terms' size: far above it) */
+            uint32_t bits, fraction;
+            float one_f;
+            memcpy(&bits, &x, sizeof bits);
+            fraction = (bits & 0x007fffffu) | 0x3f800000u;
+            memcpy(&one_f, &fraction, sizeof one_f);
+            float log2_low = (float)((int32_t)(bits >> 23) - 127) + (one_f - 1.0f);
+            float high = s - 0.69314718f * log2_low, low = high - 0.69314718f * 0.0861f;
+            float slack = (1.0f + fabsf(s) + fabsf(log2_low)) * 1.52587890625e-05f;
+            int32_t positive = x > 0.0f; /* E = 0 (U rounded to 1) is rejected */
+            int32_t yes = positive & (high <= 1.0f - slack), no = !positive | (low > 1.0f + slack);
+            e[i] = x;
+            v[i] = s;
+            ok[i] = yes;
+            open[i] = !(yes | no);
+            any |= open[i];
+        }
+        if (any)
+            for (int i = 0; i < OUTPUTS; i += 8) {
+                int32_t here = 0;
+                for (int u = 0; u < 8; u++) here |= open[i + u];
+                if (!here) continue;
+                #pragma omp simd /* a vector logf, as above: the same bits */
+                for (int u = 0; u < 8; u++) {
+                    float test = v[i + u] - logf(fmaxf(e[i + u], 1e-30f));
+                    ok[i + u] = open[i + u] ? test <= 1.0f : ok[i + u];
+                }
+            }
         return OUTPUTS;
     }
     /* α > 1, p = d = α − 1/3, q = c = 1/√(9d): two normals x by Box–Muller from output i's words, each tested with
@@ -191,10 +236,8 @@ static void start_stream(stream_t *s, uint64_t seed, uint64_t index) {
     s->pos = s->size = 0;
 }
 
-/* The stream's next row o[0..m): the next m accepted candidates, in order, as weights (for α < 1 exponentials of
-   the log-weights less their maximum, floored), divided by their sum when `normalise` (mix_row divides by the
-   sums it gathers instead). */
-static void next_row(const law_t *law, stream_t *s, float *restrict o, long m, int normalise) {
+/* The stream's next m accepted candidates, in order, into o[0..m). */
+static void next_candidates(const law_t *law, stream_t *s, float *restrict o, long m) {
     long k = 0;
     while (k < m) {
         if (s->pos == s->size) {
@@ -208,8 +251,15 @@ static void next_row(const law_t *law, stream_t *s, float *restrict o, long m, i
         k += take;
         s->pos += (int)take;
     }
+}
+
+/* The stream's next row o[0..m) of Λ: its candidates as weights (for α < 1 exponentials of the log-weights less
+   their maximum, floored), divided by their sum. */
+static void next_row(const law_t *law, stream_t *s, float *restrict o, long m) {
+    next_candidates(law, s, o, m);
+    float sum = 0.0f;
     if (law->kind == 0) { /* softmax in log space, floored */
-        float top = o[0], sum = 0.0f, floor_ = law->floor_;
+        float top = o[0], floor_ = law->floor_;
         for (long j = 1; j < m; j++) top = o[j] > top ? o[j] : top;
         #pragma omp simd reduction(+:sum)
         for (long j = 0; j < m; j++) {
@@ -218,21 +268,13 @@ static void next_row(const law_t *law, stream_t *s, float *restrict o, long m, i
             o[j] = x;
             sum += x;
         }
-        if (!normalise) return;
-        float inv = 1.0f / sum;
-        #pragma omp simd
-        for (long j = 0; j < m; j++) o[j] *= inv;
-    } else if (normalise) {
-        float sum = 0.0f;
+    } else {
         #pragma omp simd reduction(+:sum)
         for (long j = 0; j < m; j++) sum += o[j];
-        float inv = 1.0f / sum;
-        #pragma omp simd
-        for (long j = 0; j < m; j++) o[j] *= inv;
-    } else if (law->kind == 1) { /* the weights are the exponentials −log U */
-        #pragma omp simd
-        for (long j = 0; j < m; j++) o[j] = -o[j];
     }
+    float inv = 1.0f / sum;
+    #pragma omp simd
+    for (long j = 0; j < m; j++) o[j] *= inv;
 }
 
 /* Rows [first_row, first_row + rows) of a call's Λ (out points at first_row's row; first_row is a multiple of
@@ -249,7 +291,7 @@ void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *o
         long done = s * rows_per_stream;
         long stop = done + rows_per_stream < rows ? done + rows_per_stream : rows;
         start_stream(&stream, seed, (uint64_t)((first_row + done) / rows_per_stream));
-        for (long r = done; r < stop; r++) next_row(&law, &stream, out + r * m, m, 1);
+        for (long r = done; r < stop; r++) next_row(&law, &stream, out + r * m, m);
     }
 }
 
@@ -259,34 +301,65 @@ void dirichlet(uint64_t seed, int kind, float p, float q, float floor_, float *o
 #error "CHUNK is set by multimix/native.py (-DCHUNK=...)"
 #endif
 
-/* The entries of λ (m) that can move the mixes in float32, in order, into idx; returns their count: those
-   ≥ max λ · least · 2^-24 / m, where `least` is the least weight times the spread of the examples' magnitudes
-   (native.py: mix_cross_entropy). The others add up to less than 2^-24 of the smallest scale of a kept term. */
-static long significant(const float *restrict lam, long m, float least, int32_t *restrict idx) {
-    float top = 0.0f;
-    #pragma omp simd reduction(max:top)
-    for (long j = 0; j < m; j++) top = lam[j] > top ? lam[j] : top;
-    float bar = top * least * (5.9604645e-08f / (float)m);
+/* The entries of x[0..m) at or above bar, in order: their indices into idx and their values into kept; returns
+   their count. */
+static long at_least(const float *restrict x, long m, float bar, int32_t *restrict idx, float *restrict kept) {
     long k = 0, j = 0;
 #if !defined(__AVX512F__) && defined(__AVX2__)
     __m256 bars = _mm256_set1_ps(bar);
     __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (; j + 8 <= m; j += 8) { /* 8 at a time: the indices of the kept lanes moved to the front (keep_order) */
-        int keep = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(lam + j), bars, _CMP_GE_OQ));
+    for (; j + 8 <= m; j += 8) { /* 8 at a time: the kept lanes moved to the front (keep_order) */
+        __m256 values = _mm256_loadu_ps(x + j);
+        int keep = _mm256_movemask_ps(_mm256_cmp_ps(values, bars, _CMP_GE_OQ));
         __m256i order = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)keep_order[keep]));
         __m256i at = _mm256_add_epi32(_mm256_permutevar8x32_epi32(lanes, order), _mm256_set1_epi32((int)j));
         _mm256_storeu_si256((__m256i *)(idx + k), at);
+        _mm256_storeu_ps(kept + k, _mm256_permutevar8x32_ps(values, order));
         k += __builtin_popcount((unsigned)keep);
     }
 #endif
     for (; j < m; j++) {
         idx[k] = (int32_t)j;
-        k += lam[j] >= bar ? 1 : 0;
+        kept[k] = x[j];
+        k += x[j] >= bar ? 1 : 0;
     }
     return k;
 }
 
-/* ft[0..w) = Σ_i λ_idx[i] zy[idx[i]·stride ..] over the kept entries. */
+/* The stream's next row of Λ, unnormalised, reduced to the entries that can move the mixes in float32: their
+   indices (in order) into idx and their weights into w; returns their count. Those are the weights
+   ≥ max · cut, cut = `least` · 2^-24 / m, where `least` is the least attention weight times the spread of the
+   examples' magnitudes (native.py: mix_cross_entropy); the others add up to less than 2^-24 of the smallest scale
+   of a kept term. For α < 1 the weights are exp(max(x − max x, floor)) of the log-weights x, and the test is made
+   on the log-weights (log_cut = log cut), so that only the kept ones are exponentiated. */
+static long next_kept(const law_t *law, stream_t *s, long m, float cut, float log_cut, float *restrict o,
+                      int32_t *restrict idx, float *restrict w) {
+    next_candidates(law, s, o, m);
+    float top = o[0];
+    for (long j = 1; j < m; j++) top = o[j] > top ? o[j] : top;
+    long kept;
+    if (law->kind == 0) {
+        float floor_ = law->floor_;
+        /* every weight is at least exp(floor): a cut at or below it keeps them all */
+        kept = at_least(o, m, log_cut > floor_ ? top + log_cut : -FLT_MAX, idx, w);
+        #pragma omp simd
+        for (long i = 0; i < kept; i++) {
+            float x = w[i] - top;
+            w[i] = expf(x < floor_ ? floor_ : x);
+        }
+        return kept;
+    }
+    if (law->kind == 1) { /* the weights are the exponentials −log U: the largest is −min */
+        float low = o[0];
+        for (long j = 1; j < m; j++) low = o[j] < low ? o[j] : low;
+        #pragma omp simd
+        for (long j = 0; j < m; j++) o[j] = -o[j];
+        top = -low;
+    }
+    return at_least(o, m, top * cut, idx, w);
+}
+
+/* ft[0..w) = Σ_i λ_i zy[idx[i]·stride ..] over the kept entries (weights λ, indices idx). */
 static void gather(const float *restrict lam, const int32_t *restrict idx, long kept, const float *restrict zy,
                    long stride, long w, float *restrict ft) {
 #if defined(__AVX2__) && defined(__FMA__)
@@ -295,7 +368,7 @@ static void gather(const float *restrict lam, const int32_t *restrict idx, long 
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         long i = 0;
         for (; i + 2 <= kept; i += 2) {
-            __m256 l0 = _mm256_set1_ps(lam[idx[i]]), l1 = _mm256_set1_ps(lam[idx[i + 1]]);
+            __m256 l0 = _mm256_set1_ps(lam[i]), l1 = _mm256_set1_ps(lam[i + 1]);
             const float *r0 = zy + (long)idx[i] * stride, *r1 = zy + (long)idx[i + 1] * stride;
             a0 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0), a0);
             b0 = _mm256_fmadd_ps(l1, _mm256_loadu_ps(r1), b0);
@@ -313,7 +386,7 @@ static void gather(const float *restrict lam, const int32_t *restrict idx, long 
             }
         }
         if (i < kept) {
-            __m256 l0 = _mm256_set1_ps(lam[idx[i]]);
+            __m256 l0 = _mm256_set1_ps(lam[i]);
             const float *r0 = zy + (long)idx[i] * stride;
             a0 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0), a0);
             if (w > 8) a1 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(r0 + 8), a1);
@@ -329,26 +402,25 @@ static void gather(const float *restrict lam, const int32_t *restrict idx, long 
 #endif
     memset(ft, 0, (size_t)w * sizeof(float));
     for (long i = 0; i < kept; i++) {
-        float l = lam[idx[i]];
+        float l = lam[i];
         const float *restrict row = zy + (long)idx[i] * stride;
         #pragma omp simd
         for (long k = 0; k < w; k++) ft[k] += l * row[k];
     }
 }
 
-/* One row λ (m) of Λ at R positions: zy (m, R, 2v) holds a_ip x_ip (c logits, zeros to v), then a_ip y_ip (c
+/* One row λ of Λ at R positions, given by its entries that can move the mixes (next_kept): weights lam[0..kept)
+   of examples idx[0..kept). zy (m, R, 2v) holds a_ip x_ip (c logits, zeros to v), then a_ip y_ip (c
    targets), a_ip, zeros to 2v, for example i at position p; a (m, R) the weights a_ip (NULL: all 1) of least
    value `least`; v > c is a multiple of CHUNK. At each position p the mix is w_ip = λ_i a_ip / D_p,
    D_p = Σ_i λ_i a_ip (the gathered column v + c), and f_p = Σ_i w_ip x_ip, t_p = Σ_i w_ip y_ip. Adds the soft
    cross-entropy ℓ_p = logsumexp(f_p)·Σt_p − Σ_k t_pk f_pk to sums[p] and its gradient with respect to x_ip,
-   scaled, to grad (m, R, v): w_ip (softmax(f_p) Σt_p − t_p). Only the entries of significant() take part.
-   scratch: 3v + m floats. */
-static void mix_row(const float *restrict lam, long m, long R, long c, const float *restrict zy,
-                    const float *restrict a, float least, long v, float scale, float *restrict grad,
+   scaled, to grad (m, R, v): w_ip (softmax(f_p) Σt_p − t_p). scratch: 3v
+   floats. */
+static void mix_row(const float *restrict lam, const int32_t *restrict idx, long kept, long R, long c,
+                    const float *restrict zy, const float *restrict a, long v, float scale, float *restrict grad,
                     double *restrict sums, float *restrict scratch) {
     float *restrict ft = scratch, *restrict g = scratch + 2 * v;
-    int32_t *restrict idx = (int32_t *)(scratch + 3 * v);
-    long kept = significant(lam, m, least, idx);
     for (long p = 0; p < R; p++) {
         gather(lam, idx, kept, zy + p * 2 * v, R * 2 * v, 2 * v, ft);
         const float *f = ft, *t = ft + v;
@@ -372,7 +444,7 @@ static void mix_row(const float *restrict lam, long m, long R, long c, const flo
         for (long k = 0; k < v; k++) g[k] = k < c ? (g[k] * share - t[k] * inv) * scale * inv : 0.0f;
         for (long i = 0; i < kept; i++) {
             long at = idx[i] * R + p;
-            float l = a != NULL ? lam[idx[i]] * a[at] : lam[idx[i]];
+            float l = a != NULL ? lam[i] * a[at] : lam[i];
             float *restrict out = grad + at * v;
             for (long k = 0; k < v; k += CHUNK) {
                 #pragma omp simd
@@ -405,6 +477,7 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
     const long width = R * 2 * v;
     const long streams = (n + rows_per_stream - 1) / rows_per_stream;
     const float scale = 1.0f / (float)n;
+    float cut, log_cut; /* next_kept's */
     float *zy = calloc((size_t)(m * width), sizeof(float)); /* mix_row's operand: weighted logits and targets */
     float *parts = malloc((size_t)(groups * m * R * v) * sizeof(float));
     double *sums = calloc((size_t)(groups * R), sizeof(double));
@@ -424,6 +497,8 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
         for (long k = 0; k < m * R * c; k++) finite &= finite_bits(logits[k]) & finite_bits(targets[k]);
         least *= !finite ? 0.0f : high > 0.0f ? low / high : 1.0f;
         least = fmaxf(least, 1.17549435e-38f); /* a normal number: the cut-off stays a product of normals */
+        cut = least * (5.9604645e-08f / (float)m);
+        log_cut = logf(cut);
         for (long at = 0; at < m * R; at++) {
             float w = a != NULL ? a[at] : 1.0f;
             for (long k = 0; k < c; k++) {
@@ -434,7 +509,8 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
         }
         #pragma omp parallel if (n * m >= parallel_entries)
         {
-            float *lam = malloc((size_t)(2 * m + 3 * v) * sizeof(float)); /* a row of Λ, then mix_row's scratch */
+            /* a row's candidates, its kept weights and their indices, then mix_row's scratch */
+            float *lam = malloc((size_t)(3 * m + 3 * v) * sizeof(float));
             if (lam == NULL) {
                 #pragma omp atomic write
                 failed = 1;
@@ -449,8 +525,9 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
                     long stop = (s + 1) * rows_per_stream < n ? (s + 1) * rows_per_stream : n;
                     start_stream(&stream, seed, (uint64_t)s);
                     for (long r = s * rows_per_stream; r < stop; r++) {
-                        next_row(&law, &stream, lam, m, 0);
-                        mix_row(lam, m, R, c, zy, a, least, v, scale, part, sums + g * R, lam + m);
+                        int32_t *idx = (int32_t *)(lam + 2 * m);
+                        long kept = next_kept(&law, &stream, m, cut, log_cut, lam, idx, lam + m);
+                        mix_row(lam + m, idx, kept, R, c, zy, a, v, scale, part, sums + g * R, lam + 3 * m);
                     }
                 }
             }

@@ -249,3 +249,48 @@ def test_a_zero_random_word_is_drawn_again(monkeypatch, alpha):
     assert torch.isfinite(lam).all() and (lam >= 0).all()
     torch.testing.assert_close(lam.sum(1), torch.ones(64))
     assert (lam[0] > 0).sum() >= (2 if alpha >= 1 else 1)  # the first row is a real draw, not a zero-word artefact
+
+
+@pytest.mark.parametrize("concentration,keep", [(1.0, 16), (0.5, 5), (12.0, 6)])
+def test_masked_rows_are_dirichlet_over_the_kept_columns_and_zero_elsewhere(concentration, keep):
+    """functional.masked_dirichlet: rows Dir(A/k·1_k) on the k kept columns (α = A/k on the device, below and
+    above 1), exact zeros on the others, on the simplex; the same KS test rejects α doubled."""
+    m = 24
+    mask = torch.zeros(m, dtype=torch.bool)
+    mask[torch.randperm(m, generator=torch.Generator().manual_seed(keep))[:keep]] = True
+    lam = MF.masked_dirichlet(20_000, mask, concentration, generator=torch.Generator().manual_seed(1))
+    assert lam.dtype == torch.float32 and torch.equal(lam[:, ~mask], torch.zeros(20_000, m - keep))
+    torch.testing.assert_close(lam.sum(1), torch.ones(20_000))
+    alpha = concentration / keep
+    lo, hi = BOUNDS[torch.float32]
+    column = lam[:, mask][:, 0].numpy()
+    assert marginal_ks_pvalue(column, alpha, (keep - 1) * alpha, lo, hi) > 1e-4
+    assert marginal_ks_pvalue(column, 2 * alpha, (keep - 1) * 2 * alpha, lo, hi) < 1e-4
+    kept = lam[:, mask].double()
+    assert abs(kept[:, 0].var().item() - (keep - 1) / (keep * keep * (keep * alpha + 1))) < 5 * 0.02 / keep
+
+
+def test_masked_rows_read_nothing_back_and_an_empty_part_gives_zero_rows():
+    mask = torch.tensor([True, False, True, True, False])
+    with SyncCounter() as counter, MF.device_generic():
+        lam = MF.masked_dirichlet(50, mask, 1.0, generator=torch.Generator().manual_seed(0))
+        perm = MF.permutation_within(mask, generator=torch.Generator().manual_seed(0))
+    assert counter.calls == [] and torch.isfinite(lam).all()
+    assert torch.equal(MF.masked_dirichlet(3, torch.zeros(4, dtype=torch.bool), 1.0), torch.zeros(3, 4))
+    assert torch.equal(mask[perm], mask) and sorted(perm.tolist()) == list(range(5))
+    for bad in (torch.ones(2, 3, dtype=torch.bool), torch.ones(4), torch.zeros(0, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="^mask must be a non-empty 1-D bool tensor"):
+            MF.masked_dirichlet(3, bad, 1.0)
+
+
+def test_permutation_within_is_uniform_inside_each_part():
+    """Every True row goes to each True row with probability 1/k (and likewise for the False rows): chi-square
+    over 6,000 draws of the partner of one row in each part."""
+    mask = torch.tensor([True, False, True, False, False, True, True, False])
+    generator = torch.Generator().manual_seed(5)
+    partners = torch.stack([MF.permutation_within(mask, generator=generator) for _ in range(6000)])
+    assert (mask[partners] == mask).all()
+    for row in (0, 1):
+        part = torch.nonzero(mask == mask[row]).flatten()
+        counts = [(partners[:, row] == j).sum().item() for j in part]
+        assert stats.chisquare(counts).pvalue > 1e-4, counts

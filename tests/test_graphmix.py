@@ -203,6 +203,65 @@ def test_multimix_inside_graphmix_mixes_n_dirichlet_tuples_exactly_in_logit_spac
         assert not torch.allclose(gcn_path, mlp_path)
 
 
+def test_the_masked_step_is_the_split_step_with_the_same_draws(splits):
+    """Off the host GraphMix keeps its parts as masks of the batch (no size read back). With the draws replayed
+    (λ, then the within-part pairing, for each part), its loss and gradients equal the split step's formulas:
+    the mean over the labelled nodes of the clean and mixed losses, and γ times the unlabelled nodes' mean."""
+    model = official_gcn(splits).eval()  # no dropout: the arithmetic alone
+    method = GraphMix(step_choice="sum", generator=torch.Generator().manual_seed(6), predictions=1,
+                      temperature=0.5)
+    method.steps = 750
+    x, y = _batch(splits)
+    unlabelled = y == UNLABELLED
+    with MF.device_generic():
+        loss = method.reduce(method.terms(model, x, y))
+        replay = torch.Generator().manual_seed(6)
+        draws = [(MF.sample_beta(1.0, generator=replay), MF.permutation_within(part, generator=replay))
+                 for part in (~unlabelled, unlabelled)]
+    hidden = torch.relu(splits.graph["features"][x] @ model.stages[0].linear.weight.T)  # the MLP path
+    head = model.head
+    onehot = F.one_hot(y.clamp_min(0), NUM_CLASSES).float()
+    with torch.no_grad():
+        predicted = sharpen(torch.softmax(model(x[unlabelled]), -1), 0.5)
+    reference = MF.soft_cross_entropy(model(x[~unlabelled]), onehot[~unlabelled])
+    for (lam, perm), part, targets, weight in zip(draws, (~unlabelled, unlabelled), (onehot, None), (1.0, None)):
+        rows = torch.nonzero(part).flatten()
+        partner = perm[rows]
+        assert part[partner].all()
+        if targets is None:  # the unlabelled part: the sharpened predictions, in the part's row order
+            targets = torch.zeros_like(onehot)
+            targets[rows] = predicted
+            weight = 10.0 * math.exp(-5 * 0.25)
+        mixed = head(lam * hidden[rows] + (1 - lam) * hidden[partner])
+        reference = reference + weight * softmax_bce(mixed, lam * targets[rows] + (1 - lam) * targets[partner]).mean()
+    torch.testing.assert_close(loss, reference)
+    ours = torch.autograd.grad(loss, list(model.parameters()))
+    expected = torch.autograd.grad(reference, list(model.parameters()))
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_masked_multimix_mixer_mixes_over_its_part_alone(splits):
+    """mixer="multimix" off the host: Λ over the labelled columns only (zeros on the unlabelled ones), the mixed
+    logits Λ g(Z); with no unlabelled node in the batch the unlabelled term weighs 0 and the loss is finite."""
+    model = official_gcn(splits).eval()
+    method = GraphMix(mixer="multimix", n=40, concentration=2.0, step_choice="sum",
+                      generator=torch.Generator().manual_seed(8), predictions=1, ramp_start=0, ramp_end=0)
+    x, y = _batch(splits)
+    unlabelled = y == UNLABELLED
+    with MF.device_generic():
+        terms = {t.name: t for t in method.terms(model, x, y)}
+        replay = torch.Generator().manual_seed(8)
+        lam = MF.masked_dirichlet(40, ~unlabelled, 2.0, generator=replay)
+        assert torch.equal(lam[:, unlabelled], torch.zeros(40, int(unlabelled.sum())))
+        with torch.no_grad():
+            torch.testing.assert_close(terms["mixed"].logits, model.head(lam @ method.embed(model, x)),
+                                       rtol=1e-5, atol=1e-6)
+        labelled_only = {t.name: t for t in method.terms(model, *splits.train.tensors)}
+    assert torch.equal(labelled_only["unlabelled"].row_weights, torch.zeros(40))
+    assert torch.isfinite(method.reduce(list(labelled_only.values())))
+
+
 def test_bad_settings_are_refused_in_one_line():
     for kwargs, match in [({"mixer": "triple"}, "mixer"), ({"path": "gat"}, "path"), ({"predictions": 0}, "predictions"),
                           ({"temperature": 0.0}, "temperature"), ({"ramp_start": 10, "ramp_end": 5}, "ramp_end"),

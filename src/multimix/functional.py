@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .checks import check_choice, check_label_smoothing, check_positive, check_positive_int
 from . import fused
-from .sampling import DIRICHLET_METHODS, dirichlet_rows
+from .sampling import DIRICHLET_METHODS, dirichlet_rows, masked_dirichlet_rows
 
 __all__ = [
     "check_positive",
@@ -37,6 +37,8 @@ __all__ = [
     "dirichlet",
     "sample_beta",
     "random_permutation",
+    "permutation_within",
+    "masked_dirichlet",
     "random_subset_mask",
     "as_soft_targets",
     "check_label_rows",
@@ -237,6 +239,35 @@ def random_permutation(m: int, *, generator: Optional[torch.Generator] = None, d
     """A random permutation π of range(m) (the pairing of mixup-style methods), int64 (m,)."""
     device = _resolve_device(generator, device)
     return torch.randperm(m, generator=generator, device=_draw_device(generator, device)).to(device)
+
+
+def _check_row_mask(mask: Tensor, name: str = "mask") -> Tensor:
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 1 or mask.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D bool tensor (m,), got "
+                         f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+    return mask
+
+
+def permutation_within(mask: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
+    """π (m,) int64: the rows where ``mask`` (m,) bool is True permuted uniformly at random among themselves, and
+    the others among themselves, from m uniform keys; the parts' sizes are never read (no host–device
+    synchronisation), so a part of a batch is paired without splitting the batch."""
+    mask = _check_row_mask(mask)
+    keys = torch.rand(mask.shape[0], generator=generator, device=_draw_device(generator, mask.device))
+    rest = (~mask).to(keys.device, keys.dtype)
+    shuffled = torch.argsort(keys + 2.0 * rest)  # the True rows first, in random order, then the others
+    in_order = torch.argsort(rest, stable=True)  # the True rows first, in index order, then the others
+    return torch.empty_like(shuffled).scatter_(0, in_order, shuffled).to(mask.device)
+
+
+def masked_dirichlet(n: int, mask: Tensor, concentration: float, *,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+    """Λ (n, m) float32 on ``mask``'s device: rows Dir(A/k · 1_k) over the k True entries of ``mask`` (m,) bool,
+    0 elsewhere (all-zero rows when k = 0), A = ``concentration``: MultiMix over a part of a batch without
+    reading the part's size back (:func:`multimix.sampling.masked_dirichlet_rows`)."""
+    n = check_positive_int(n, "n")
+    concentration = check_alpha(concentration, "concentration")
+    return masked_dirichlet_rows(n, _check_row_mask(mask), concentration, generator=generator)
 
 
 def random_subset_mask(n: int, m: int, size: int, *, generator=None, device=None) -> Tensor:

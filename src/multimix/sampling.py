@@ -52,7 +52,8 @@ from torch import Tensor
 
 from . import native
 
-__all__ = ["DIRICHLET_METHODS", "NativeUnavailable", "cpu_route", "dirichlet_rows", "native_seed"]
+__all__ = ["DIRICHLET_METHODS", "NativeUnavailable", "cpu_route", "dirichlet_rows", "masked_dirichlet_rows",
+           "native_seed"]
 
 DIRICHLET_METHODS = ("auto", "native", "eager", "torch")
 BLOCK_ENTRIES = 1 << 17  # entries per block on the CPU: the block's scratch (≈ 2 MB) stays in cache
@@ -135,6 +136,29 @@ def _torch_dirichlet(rows, m, alpha, generator, device, dtype) -> Tensor:
         u = torch.rand(rows, m, generator=generator, device=device, dtype=dtype).clamp_min_(tiny)
         log_w.add_(u.log_(), alpha=1.0 / alpha)
     return _softmax_without_subnormals(log_w)
+
+
+def masked_dirichlet_rows(rows: int, mask: Tensor, concentration: float, *,
+                          generator: Optional[torch.Generator]) -> Tensor:
+    """(rows, m) float32 i.i.d. rows that are Dir(A/k · 1_k) on the k True entries of ``mask`` (m,) bool and 0
+    elsewhere (A = ``concentration``; all-zero rows when k = 0), drawn on the generator's device, or the mask's.
+
+    k stays on the device: α = A/k is a 0-d tensor, and Gamma(α) = Gamma(α + 1)·U^{1/α} (exact for every α > 0)
+    is drawn with torch's gamma kernel in log space, so nothing is read back (no host–device synchronisation).
+    The row softmax floors weights at ≈ e·tiny·m of the row's largest kept one, as everywhere.
+    """
+    device = generator.device if generator is not None else mask.device
+    keep = mask.to(device=device, dtype=torch.bool)
+    tiny = torch.finfo(torch.float32).tiny
+    alpha = concentration / keep.sum(dtype=torch.float32).clamp_min(1.0)  # 0-d, on the device
+    shape = (alpha + 1.0).expand(rows, keep.shape[0]).contiguous()
+    log_w = torch._standard_gamma(shape, generator=generator).clamp_min_(tiny).log_()
+    u = torch.rand(rows, keep.shape[0], generator=generator, device=device).clamp_min_(tiny)
+    log_w.add_(u.log_().div_(alpha))
+    # left-out entries are set far below any kept one before the row maximum is taken, and zeroed after the floor
+    log_w.masked_fill_(~keep, torch.finfo(torch.float32).min)
+    lam = _softmax_without_subnormals(log_w).mul_(keep)
+    return lam.div_(lam.sum(dim=1, keepdim=True).clamp_min_(tiny)).to(mask.device)
 
 
 def _softmax_without_subnormals(log_w: Tensor, out: Optional[Tensor] = None) -> Tensor:

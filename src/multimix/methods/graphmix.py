@@ -32,6 +32,10 @@ keeps an "EMA" model that shares its parameters' storage with the student
 not reproduced. Draw the unlabelled nodes with the loop (``unlabelled_batch``
 of the trainer: as many as labelled nodes, with replacement, in the official
 code); without any, a mix step has no unlabelled part.
+
+On the host the batch is split into its two parts; on an accelerator the
+parts stay masks of the batch (:meth:`GraphMix.masked_terms`), so that no
+part's size is read back: the same terms, the same law.
 """
 
 from __future__ import annotations
@@ -153,12 +157,17 @@ class GraphMix(Method):
         return logits, mixed_targets
 
     def terms(self, model, x: Tensor, y: Tensor) -> List[LossTerm]:
-        """The step's terms: ``"clean"`` (GCN step), or ``"mixed"`` and ``"unlabelled"`` (mix step), or all three."""
+        """The step's terms: ``"clean"`` (GCN step), or ``"mixed"`` and ``"unlabelled"`` (mix step), or all three.
+
+        On the host the batch is split into its labelled and unlabelled nodes. On an accelerator (and inside
+        :func:`multimix.functional.device_generic`) the parts stay masks of the whole batch, whose sizes are
+        never read: see :meth:`masked_terms`."""
         unlabelled = unlabelled_rows(y)
         x_u = None
-        if unlabelled is not None:  # boolean indexing: the step's one host read (the two parts' sizes)
+        if unlabelled is not None and not MF.on_host(y):
+            return self.masked_terms(model, x, y, unlabelled.to(x.device))
+        if unlabelled is not None:  # boolean indexing on the host: the two parts' sizes
             x_u, x, y = x[unlabelled.to(x.device)], x[~unlabelled.to(x.device)], y[~unlabelled]
-            x_u = x_u if x_u.shape[0] else None  # on an accelerator the mask comes unread: it may be empty
         targets = self.targets(model, x, y)
         mix_step = self.step_choice == "sum" or self.host_uniform(x.device) < 0.5  # steers the code: on the host
         terms = []
@@ -173,3 +182,48 @@ class GraphMix(Method):
                 logits, mixed_targets = self.mixed(model, self.embed(model, x_u), u_targets)
                 terms.append(LossTerm("unlabelled", logits, mixed_targets, gamma, criterion=softmax_bce))
         return terms
+
+    def masked_terms(self, model, x: Tensor, y: Tensor, unlabelled: Tensor) -> List[LossTerm]:
+        """:meth:`terms` with the parts as masks of the whole batch (m,): the same terms and the same law, with
+        no value read back. Each part's term weighs its rows 1/k (k, the part's size, on the device) and the
+        others 0; the pairwise mixer pairs rows within their part (:func:`multimix.functional.permutation_within`),
+        the multimix mixer draws Λ over the part's columns (:func:`multimix.functional.masked_dirichlet`), and a
+        part that turns out empty weighs 0. Every forward pass runs on the whole batch, one per part as on the
+        host, so dropout draws stay independent between the parts."""
+        labelled = ~unlabelled
+        targets = self.targets(model, x, y.masked_fill(unlabelled.to(y.device), 0))  # the unlabelled rows' are unused
+        mix_step = self.step_choice == "sum" or self.host_uniform(x.device) < 0.5
+        terms = []
+        if self.step_choice == "sum" or not mix_step:
+            terms += self.terms_of("clean", model(x), targets, row_weights=part_weights(labelled))
+        if mix_step:
+            logits, mixed_targets, weights = self.masked_mixed(model, self.embed(model, x), targets, labelled)
+            terms += self.terms_of("mixed", logits, mixed_targets, row_weights=weights, criterion=softmax_bce)
+            gamma = self.current_unlabelled_weight
+            if gamma > 0:
+                logits, mixed_targets, weights = self.masked_mixed(model, self.embed(model, x),
+                                                                   self.predicted_targets(model, x), unlabelled)
+                terms.append(LossTerm("unlabelled", logits, mixed_targets, gamma, weights, criterion=softmax_bce))
+        return terms
+
+    def masked_mixed(self, model, z: Tensor, targets: Tensor, part: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """(mixed logits, mixed targets, row weights) of the rows of ``part`` (m,) bool among embeddings z (m, d)
+        and targets (m, c): m rows weighted 1/k on the part (pairwise), or n rows weighted 1/n (multimix), all
+        0 when the part is empty."""
+        generator = self.draws(z.device)
+        head = model.head
+        if self.mixer == "pairwise":
+            lam = MF.sample_beta(self.alpha, generator=generator).to(z.device)
+            perm = MF.permutation_within(part, generator=generator)
+            return (head(torch.lerp(z[perm], z, lam.to(z.dtype))), torch.lerp(targets[perm], targets, lam),
+                    part_weights(part))
+        lam = MF.masked_dirichlet(self.n, part, self.concentration, generator=generator).to(z.device)
+        logits, mixed_targets, _ = self.mix.mixed(z, targets.float(), head, lam)
+        weights = part.any().to(torch.float32).div(self.n).expand(self.n)
+        return logits, mixed_targets, weights
+
+
+def part_weights(part: Tensor) -> Tensor:
+    """(m,) float32: 1/k on the k True rows of ``part``, 0 elsewhere (all 0 when k = 0); k stays on the device."""
+    weights = part.to(torch.float32)
+    return weights / weights.sum().clamp_min(1.0)

@@ -1,6 +1,8 @@
 /* The fused CPU sampler of Λ ~ Dir(α·1_m) rows (float32), compiled and loaded by multimix/native.py, which
    documents it. xoshiro256++ bits on LANES SIMD lanes, the gammas and their rejections, the compaction of the
-   accepted candidates and the row normalisation in one loop per stream of rows. */
+   accepted candidates and the row normalisation in one loop per stream of rows; and MultiMix's mixed loss drawn,
+   mixed and scored row by row (mix_cross_entropy). One file on purpose: native.py compiles it as one translation
+   unit, keyed by its text, so that both kernels share the generator, the laws and the build. */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>

@@ -167,6 +167,20 @@ def test_a_method_with_another_criterion_keeps_its_logits_terms(tiny_model, tiny
     assert mixed.value is None and mixed.logits.shape == (32, 4)
 
 
+def test_dense_multimix_falling_back_applies_the_head_once_per_step(tiny_model, tiny_batch):
+    """Dense MultiMix qualifies for the one pass but falls back in float64: the per-position logits computed for
+    the one pass serve the sampled Λ's mix too (one head call for the clean and mixed terms, none repeated)."""
+    x, y = tiny_batch
+    model = tiny_model.double()
+    calls = []
+    model.head.register_forward_hook(lambda *_: calls.append(1))
+    method = multimix.create_method("dense_multimix", n=16, clean_weight=1.0, pooled_weight=0.0,
+                                    generator=torch.Generator().manual_seed(0))
+    terms = method.terms(model, x.double(), y)
+    assert all(t.value is None for t in terms)  # the fallback: logits terms
+    assert len(calls) == 1
+
+
 def test_bad_operands_are_refused_in_one_line():
     lib = native.kernels()
     logits, targets = operands(8, 3)

@@ -291,11 +291,12 @@ class DenseMultiMix(MultiMix):
         class_mass = targets if targets.dim() == 2 else targets.mean(dim=2)
         return MF.class_activation_attention(source, weight, class_mass)
 
-    def mixed_positions(self, zf: Tensor, targets: Tensor, head, lam: Tensor, attention: Tensor
-                        ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    def mixed_positions(self, zf: Tensor, targets: Tensor, head, lam: Tensor, attention: Tensor,
+                        logits: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
         """The per-position mix of dense embeddings zf (m, d, r) with targets Y (m, c) or (m, c, r) under Λ (n, m)
         and attention a (m, r): (mixed logits (n, r, c), mixed targets (n, r, c), per-position logits g(z)
-        (m, c, r) or None when not needed, position weights (n, r) or None).
+        (m, c, r) or None when not needed, position weights (n, r) or None). ``logits``: g(z) when the caller
+        has them already (not computed again).
 
         The weights w (n, m, r) are never built: each mix is one (n, m) × (m, c·r) product
         (:func:`multimix.functional.dense_interpolate`). Targets and logits are mixed apart, so that the
@@ -307,7 +308,8 @@ class DenseMultiMix(MultiMix):
         r = zf.shape[2]
         affine = self.is_affine(head)
         position_targets = targets if targets.dim() > 2 else targets.unsqueeze(2).expand(-1, -1, r)
-        logits = MF.apply_per_position(head, zf) if self.clean_weight > 0 or affine else None  # (m, c, r)
+        if logits is None and (self.clean_weight > 0 or affine):
+            logits = MF.apply_per_position(head, zf)  # (m, c, r)
         mixed_targets = MF.dense_interpolate(lam, attention, position_targets)  # (n, r, c)
         if affine:
             mixed_logits = MF.dense_interpolate(lam, attention, logits.float())

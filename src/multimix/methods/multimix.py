@@ -157,7 +157,7 @@ class DenseMultiMixMethod(MultiMixMethod):
             if targets.shape[2] != r:
                 raise ValueError(f"per-position soft targets must have {r} positions, got {tuple(targets.shape)}")
         attention = mix.attention_map(zf, self.blend(targets), head)  # (m, r)
-        losses = None
+        losses = logits = None
         # the one pass (DenseMultiMix.position_losses) pools by the mean
         if self.one_pass(head, m) and (mix.pooled_weight == 0 or pools_by_mean(model)):
             logits = MF.apply_per_position(head, zf)  # (m, c, r)
@@ -169,7 +169,8 @@ class DenseMultiMixMethod(MultiMixMethod):
             terms = [LossTerm("mixed", value=dense)]
         else:
             lam = self.sample_lam(m, zf.device)
-            mixed_logits, mixed_targets, logits, weights = mix.mixed_positions(zf, targets, head, lam, attention)
+            mixed_logits, mixed_targets, logits, weights = mix.mixed_positions(zf, targets, head, lam, attention,
+                                                                               logits)
             c = mixed_logits.shape[-1]
             row_weights = None if weights is None else (weights / lam.shape[0]).reshape(-1)  # the mean over n tuples
             width = mixed_targets.shape[-1]  # c, or 2c under the teacher's separate_term

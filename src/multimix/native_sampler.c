@@ -255,14 +255,20 @@ static void next_candidates(const law_t *law, stream_t *s, float *restrict o, lo
     }
 }
 
+/* The largest of o[0..m). */
+static inline float row_max(const float *restrict o, long m) {
+    float top = o[0];
+    for (long j = 1; j < m; j++) top = o[j] > top ? o[j] : top;
+    return top;
+}
+
 /* The stream's next row o[0..m) of Λ: its candidates as weights (for α < 1 exponentials of the log-weights less
    their maximum, floored), divided by their sum. */
 static void next_row(const law_t *law, stream_t *s, float *restrict o, long m) {
     next_candidates(law, s, o, m);
     float sum = 0.0f;
     if (law->kind == 0) { /* softmax in log space, floored */
-        float top = o[0], floor_ = law->floor_;
-        for (long j = 1; j < m; j++) top = o[j] > top ? o[j] : top;
+        float top = row_max(o, m), floor_ = law->floor_;
         #pragma omp simd reduction(+:sum)
         for (long j = 0; j < m; j++) {
             float x = o[j] - top;
@@ -337,8 +343,7 @@ static long at_least(const float *restrict x, long m, float bar, int32_t *restri
 static long next_kept(const law_t *law, stream_t *s, long m, float cut, float log_cut, float *restrict o,
                       int32_t *restrict idx, float *restrict w) {
     next_candidates(law, s, o, m);
-    float top = o[0];
-    for (long j = 1; j < m; j++) top = o[j] > top ? o[j] : top;
+    float top = row_max(o, m);
     long kept;
     if (law->kind == 0) {
         float floor_ = law->floor_;
@@ -413,12 +418,11 @@ static void gather(const float *restrict lam, const int32_t *restrict idx, long 
 
 /* One row λ of Λ at R positions, given by its entries that can move the mixes (next_kept): weights lam[0..kept)
    of examples idx[0..kept). zy (m, R, 2v) holds a_ip x_ip (c logits, zeros to v), then a_ip y_ip (c
-   targets), a_ip, zeros to 2v, for example i at position p; a (m, R) the weights a_ip (NULL: all 1) of least
-   value `least`; v > c is a multiple of CHUNK. At each position p the mix is w_ip = λ_i a_ip / D_p,
+   targets), a_ip, zeros to 2v, for example i at position p; a (m, R) the weights a_ip (NULL: all 1); v > c is a
+   multiple of CHUNK. At each position p the mix is w_ip = λ_i a_ip / D_p,
    D_p = Σ_i λ_i a_ip (the gathered column v + c), and f_p = Σ_i w_ip x_ip, t_p = Σ_i w_ip y_ip. Adds the soft
    cross-entropy ℓ_p = logsumexp(f_p)·Σt_p − Σ_k t_pk f_pk to sums[p] and its gradient with respect to x_ip,
-   scaled, to grad (m, R, v): w_ip (softmax(f_p) Σt_p − t_p). scratch: 3v
-   floats. */
+   scaled, to grad (m, R, v): w_ip (softmax(f_p) Σt_p − t_p). scratch: 3v floats. */
 static void mix_row(const float *restrict lam, const int32_t *restrict idx, long kept, long R, long c,
                     const float *restrict zy, const float *restrict a, long v, float scale, float *restrict grad,
                     double *restrict sums, float *restrict scratch) {
@@ -513,6 +517,7 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
         {
             /* a row's candidates, its kept weights and their indices, then mix_row's scratch */
             float *lam = malloc((size_t)(3 * m + 3 * v) * sizeof(float));
+            int32_t *idx = lam != NULL ? (int32_t *)(lam + 2 * m) : NULL;
             if (lam == NULL) {
                 #pragma omp atomic write
                 failed = 1;
@@ -527,7 +532,6 @@ int mix_cross_entropy(uint64_t seed, int kind, float p, float q, float floor_, l
                     long stop = (s + 1) * rows_per_stream < n ? (s + 1) * rows_per_stream : n;
                     start_stream(&stream, seed, (uint64_t)s);
                     for (long r = s * rows_per_stream; r < stop; r++) {
-                        int32_t *idx = (int32_t *)(lam + 2 * m);
                         long kept = next_kept(&law, &stream, m, cut, log_cut, lam, idx, lam + m);
                         mix_row(lam + m, idx, kept, R, c, zy, a, v, scale, part, sums + g * R, lam + 3 * m);
                     }

@@ -169,7 +169,7 @@ class GraphMix(Method):
         if unlabelled is not None:  # boolean indexing on the host: the two parts' sizes
             x_u, x, y = x[unlabelled.to(x.device)], x[~unlabelled.to(x.device)], y[~unlabelled]
         targets = self.targets(model, x, y)
-        mix_step = self.step_choice == "sum" or self.host_uniform(x.device) < 0.5  # steers the code: on the host
+        mix_step = self.mix_step(x.device)
         terms = []
         if self.step_choice == "sum" or not mix_step:
             terms += self.terms_of("clean", model(x), targets)
@@ -183,6 +183,11 @@ class GraphMix(Method):
                 terms.append(LossTerm("unlabelled", logits, mixed_targets, gamma, criterion=softmax_bce))
         return terms
 
+    def mix_step(self, device) -> bool:
+        """Whether this step is a mix step: always with ``step_choice="sum"``, else GraphMix's fair coin (a host
+        draw, :meth:`Method.host_uniform`: it steers the code)."""
+        return self.step_choice == "sum" or self.host_uniform(device) < 0.5
+
     def masked_terms(self, model, x: Tensor, y: Tensor, unlabelled: Tensor) -> List[LossTerm]:
         """:meth:`terms` with the parts as masks of the whole batch (m,): the same terms and the same law, with
         no value read back. Each part's term weighs its rows 1/k (k, the part's size, on the device) and the
@@ -192,7 +197,7 @@ class GraphMix(Method):
         host, so dropout draws stay independent between the parts."""
         labelled = ~unlabelled
         targets = self.targets(model, x, y.masked_fill(unlabelled.to(y.device), 0))  # the unlabelled rows' are unused
-        mix_step = self.step_choice == "sum" or self.host_uniform(x.device) < 0.5
+        mix_step = self.mix_step(x.device)
         terms = []
         if self.step_choice == "sum" or not mix_step:
             terms += self.terms_of("clean", model(x), targets, row_weights=part_weights(labelled))

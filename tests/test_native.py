@@ -235,7 +235,7 @@ def test_the_squeeze_decides_every_candidate_as_the_logarithm_does(tmp_path):
     """For small α the acceptance test s − log E ≤ 1 is decided from bounds on log E read off E's bits, and log E
     is taken only where they leave it open: a build that always takes log E gives the same Λ, bit for bit."""
     lib = compiled()
-    alphas = (1 / 128, 0.01, 0.05)  # p = 1/α ≥ 16: the squeeze's range
+    alphas = (1 / 128, 0.01, 0.05, 0.3, 0.6)  # p = 1/α ≥ 1.5: the squeeze's range
     ours = []
     for alpha in alphas:
         ours.append(np.empty((4000, 128), dtype=np.float32))

@@ -4,14 +4,15 @@ The eager CPU sampler (:mod:`multimix.sampling`) pays for numpy's random bits
 (64 per entry at α ≠ 1: 2.2–4.5 ns on the development machine) and for a dozen
 tensor passes over memory. This kernel draws its bits inside the loop from
 xoshiro256++ (Blackman & Vigna 2021) stepped on 16 SIMD lanes at once, as
-Julia's default generator does for bulk draws, and runs the eager sampler's
-algorithms on them:
+Julia's default generator does for bulk draws (each 64-bit output two 32-bit
+words, each uniform (w + 1/2)·2^-31 from a word's top 31 bits w), and runs the
+eager sampler's algorithms on them:
 
 - α < 1: log Gamma(α) up to a constant from two exponentials (the eager
   sampler's exponential proposal for Gamma(1 + α) and its boost); for
-  α ≤ 1/16 its acceptance test s − log E ≤ 1 is first decided from bounds on
-  log E read off E's exponent and mantissa, and log E is taken only for the
-  few candidates they leave open (the same decisions, bit for bit);
+  α ≤ 2/3 its acceptance test s − log E ≤ 1 is first decided from bounds on
+  log E read off E's bits, and log E is taken only for the few candidates they
+  leave open (the same decisions, bit for bit);
 - α = 1: exponentials −log U;
 - α > 1: Marsaglia & Tsang (2000) with Box–Muller normals;
 

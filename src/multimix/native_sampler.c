@@ -19,10 +19,14 @@
 #error "LANES and STEPS are set by multimix/native.py (-DLANES=... -DSTEPS=...)"
 #endif
 #define OUTPUTS (LANES * STEPS)
-/* From p = 1/α = SQUEEZE_P on, α < 1 takes the squeeze of its acceptance test (measured faster to α = 0.05; the
-   undecided band, and so the logarithms it still needs, grows with α); tests build without it (-DSQUEEZE_P=...) */
+#if LANES % 8
+#error "LANES must be a multiple of 8 (xoshiro steps 8 lanes at a time)"
+#endif
+/* From p = 1/α = SQUEEZE_P on (α ≤ 2/3), α < 1 takes the squeeze of its acceptance test (measured faster from
+   α = 1/128 to 0.5, even at 0.9; the undecided band, and so the logarithms it still needs, grows with α); tests
+   build without it (-DSQUEEZE_P=...) */
 #if !defined(SQUEEZE_P)
-#define SQUEEZE_P 16.0f
+#define SQUEEZE_P 1.5f
 #endif
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -48,43 +52,52 @@ static void seed_lanes(lanes_t *st, uint64_t seed, uint64_t stream) {
     }
 }
 
-/* STEPS steps of xoshiro256++ (Blackman & Vigna 2021) on every lane: output k·LANES + l is lane l's k-th, its low
-   32 bits in lo[], its high 32 bits in hi[]. */
-static void xoshiro(lanes_t *restrict st, uint32_t *restrict lo, uint32_t *restrict hi) {
-    uint64_t s0[LANES], s1[LANES], s2[LANES], s3[LANES];
-    for (int l = 0; l < LANES; l++) { s0[l] = st->s0[l]; s1[l] = st->s1[l]; s2[l] = st->s2[l]; s3[l] = st->s3[l]; }
-    for (int k = 0; k < STEPS; k++) {
-        #pragma omp simd
-        for (int l = 0; l < LANES; l++) {
-            uint64_t r = rotl(s0[l] + s3[l], 23) + s0[l], t = s1[l] << 17;
-            s2[l] ^= s0[l];
-            s3[l] ^= s1[l];
-            s1[l] ^= s2[l];
-            s0[l] ^= s3[l];
-            s2[l] ^= t;
-            s3[l] = rotl(s3[l], 45);
-            lo[k * LANES + l] = (uint32_t)r;
-            hi[k * LANES + l] = (uint32_t)(r >> 32);
+/* STEPS steps of xoshiro256++ (Blackman & Vigna 2021) on every lane: output k·LANES + l is lane l's k-th. The
+   lanes are stepped 8 at a time, so that their states stay in AVX2's 16 vector registers (the same outputs). */
+static void xoshiro(lanes_t *restrict st, uint64_t *restrict out) {
+    for (int first = 0; first < LANES; first += 8) {
+        uint64_t s0[8], s1[8], s2[8], s3[8];
+        for (int l = 0; l < 8; l++) {
+            s0[l] = st->s0[first + l], s1[l] = st->s1[first + l], s2[l] = st->s2[first + l], s3[l] = st->s3[first + l];
+        }
+        for (int k = 0; k < STEPS; k++) {
+            #pragma omp simd
+            for (int l = 0; l < 8; l++) {
+                uint64_t r = rotl(s0[l] + s3[l], 23) + s0[l], t = s1[l] << 17;
+                s2[l] ^= s0[l];
+                s3[l] ^= s1[l];
+                s1[l] ^= s2[l];
+                s0[l] ^= s3[l];
+                s2[l] ^= t;
+                s3[l] = rotl(s3[l], 45);
+                out[k * LANES + first + l] = r;
+            }
+        }
+        for (int l = 0; l < 8; l++) {
+            st->s0[first + l] = s0[l], st->s1[first + l] = s1[l], st->s2[first + l] = s2[l], st->s3[first + l] = s3[l];
         }
     }
-    for (int l = 0; l < LANES; l++) { st->s0[l] = s0[l]; st->s1[l] = s1[l]; st->s2[l] = s2[l]; st->s3[l] = s3[l]; }
 }
 
 /* The first `refills`·OUTPUTS 64-bit outputs of stream `stream` under `seed`, in order (for tests). */
 void stream_outputs(uint64_t seed, uint64_t stream, long refills, uint64_t *out) {
     lanes_t st;
-    uint32_t lo[OUTPUTS], hi[OUTPUTS];
     seed_lanes(&st, seed, stream);
-    for (long r = 0; r < refills; r++) {
-        xoshiro(&st, lo, hi);
-        for (int i = 0; i < OUTPUTS; i++) out[r * OUTPUTS + i] = (uint64_t)hi[i] << 32 | lo[i];
-    }
+    for (long r = 0; r < refills; r++) xoshiro(&st, out + r * OUTPUTS);
 }
 
-/* U = (word + 1/2)·2^-32 in float32: the midpoint of one of 2^32 equal cells of (0, 1) (rounded to 24 bits above
-   2^-8), never 0, so every logarithm is finite (which -ffast-math assumes); float32 rounds U to 1 for the top 2^-25
-   of words, whose logarithm, 0, the callers treat. */
-static inline float unit(uint32_t w) { return ((float)w + 0.5f) * 2.3283064365386963e-10f; }
+/* A refill's OUTPUTS 64-bit outputs read as 2·OUTPUTS 32-bit words (output i's low word is word 2i on the
+   little-endian CPUs -march=native builds for; which word serves which draw is fixed, so that the draws stay
+   independent): reading them in place, without shuffling halves apart. */
+typedef uint32_t word_t __attribute__((may_alias));
+
+/* U = (w + 1/2)·2^-31 from the top 31 bits w of a word: the midpoint of one of 2^31 equal cells of (0, 1) (rounded
+   to 24 bits above 2^-7), never 0, so every logarithm is finite (which -ffast-math assumes); float32 rounds U to 1
+   for the top 2^-25 of words, whose logarithm, 0, the callers treat. 31 bits rather than 32: a signed conversion
+   (one instruction) instead of an unsigned one (five on AVX2). */
+static inline float unit(uint32_t word) {
+    return (float)(int32_t)(word >> 1) * 4.656612873077393e-10f + 2.3283064365386963e-10f;
+}
 
 /* Marsaglia & Tsang (2000) for α > 1, d = α − 1/3, c = 1/√(9d): candidate v = t³ with t = 1 + c x for a normal x
    (written to *cube), accepted (1) when t > 0 and x² + 6d log t − 2dv − 2 log U > −2d, U from `word`. */
@@ -96,26 +109,27 @@ static inline int32_t marsaglia_tsang(float x, uint32_t word, float d, float c, 
     return (t > 0.0f) & (test > -2.0f * d);
 }
 
-/* One refill: candidates v[0..count) and acceptance flags ok[] (0 or 1) from OUTPUTS fresh outputs; returns count.
-   Each loop has one candidate per lane and 32-bit flags, so that gcc vectorises it (with libmvec's logf). */
+/* One refill: candidates v[0..count) and acceptance flags ok[] (0 or 1) from OUTPUTS fresh outputs, read as
+   2·OUTPUTS words w[]; returns count. Each loop has one candidate per lane and 32-bit flags, so that gcc
+   vectorises it (with libmvec's logf). */
 static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, int32_t *restrict ok) {
-    uint32_t lo[OUTPUTS], hi[OUTPUTS];
-    xoshiro(st, lo, hi);
+    uint64_t outputs[OUTPUTS];
+    xoshiro(st, outputs);
+    const word_t *w = (const word_t *)outputs;
     if (kind == 1) { /* α = 1: log U = −E, one per word (the normalisation divides by the row sum: the sign cancels) */
         #pragma omp simd
-        for (int i = 0; i < OUTPUTS; i++) {
-            v[i] = logf(unit(lo[i])); /* log U = 0 (U rounded to 1): E = 0, a weight of 0 */
-            v[OUTPUTS + i] = logf(unit(hi[i]));
-            ok[i] = ok[OUTPUTS + i] = 1;
+        for (int i = 0; i < 2 * OUTPUTS; i++) {
+            v[i] = logf(unit(w[i])); /* log U = 0 (U rounded to 1): E = 0, a weight of 0 */
+            ok[i] = 1;
         }
         return 2 * OUTPUTS;
     }
-    if (kind == 0 && p < SQUEEZE_P) { /* α < 1, p = 1/α: s = E − W/α with E from the low word, W from the high,
+    if (kind == 0 && p < SQUEEZE_P) { /* α < 1, p = 1/α: s = E − W/α with E from word i, W from word OUTPUTS + i,
                                          accepted when s − log E ≤ 1 (and E > 0); one per output */
         #pragma omp simd
         for (int i = 0; i < OUTPUTS; i++) {
-            float e = -logf(unit(lo[i]));
-            float s = e + logf(unit(hi[i])) * p;
+            float e = -logf(unit(w[i]));
+            float s = e + logf(unit(w[OUTPUTS + i])) * p;
             float test = s - logf(fmaxf(e, 1e-30f)); /* E = 0 (U rounded to 1) is rejected: −log E = ∞ */
             v[i] = s;
             ok[i] = (e > 0.0f) & (test <= 1.0f);
@@ -127,21 +141,19 @@ static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, in
         int32_t open[OUTPUTS], any = 0;
         #pragma omp simd reduction(|:any)
         for (int i = 0; i < OUTPUTS; i++) {
-            float x = -logf(unit(lo[i]));
-            float s = x + logf(unit(hi[i])) * p;
-            /* E = 2^k (1 + f): log2(1 + f) lies between f and f + 0.0861 (its chord and the chord's largest gap),
-               so −log E lies between −ln2 (k + f + 0.0861) and −ln2 (k + f); decided where the test holds or fails
-               for both by more than float rounding (2^-16 of the terms' size: far above it) */
-            uint32_t bits, fraction;
-            float one_f;
+            float x = -logf(unit(w[i]));
+            float s = x + logf(unit(w[OUTPUTS + i])) * p;
+            /* E = 2^k (1 + f): its bits read as an integer, times 2^-23, less 127, are k + f (Mitchell 1962), to
+               2^-16 after float rounding, and log2(1 + f) lies between f and f + 0.0861 (its chord and the chord's
+               largest gap); so s − log E lies between high − ln2·0.0861 and high. Decided where the test holds or
+               fails for both by more than 2^-10, which bounds every rounding where the test is near 1: there
+               |s| ≤ 1 + |log E| ≤ 70 (E ≥ 1e-30) */
+            int32_t bits;
             memcpy(&bits, &x, sizeof bits);
-            fraction = (bits & 0x007fffffu) | 0x3f800000u;
-            memcpy(&one_f, &fraction, sizeof one_f);
-            float log2_low = (float)((int32_t)(bits >> 23) - 127) + (one_f - 1.0f);
-            float high = s - 0.69314718f * log2_low, low = high - 0.69314718f * 0.0861f;
-            float slack = (1.0f + fabsf(s) + fabsf(log2_low)) * 1.52587890625e-05f;
+            float high = s - 0.69314718f * ((float)bits * 1.1920928955078125e-07f - 127.0f);
             int32_t positive = x > 0.0f; /* E = 0 (U rounded to 1) is rejected */
-            int32_t yes = positive & (high <= 1.0f - slack), no = !positive | (low > 1.0f + slack);
+            int32_t yes = positive & (high <= 1.0f - 9.765625e-04f);
+            int32_t no = !positive | (high > 1.0f + 9.765625e-04f + 0.69314718f * 0.0861f);
             e[i] = x;
             v[i] = s;
             ok[i] = yes;
@@ -161,16 +173,17 @@ static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, in
             }
         return OUTPUTS;
     }
-    /* α > 1, p = d = α − 1/3, q = c = 1/√(9d): two normals x by Box–Muller from output i's words, each tested with
-       a uniform from a word of output OUTPUTS/2 + i (marsaglia_tsang); two candidates per pair of outputs */
+    /* α > 1, p = d = α − 1/3, q = c = 1/√(9d): two normals x by Box–Muller from words i and half + i, each tested
+       with a uniform from word 2·half + i or 3·half + i (marsaglia_tsang); two candidates per pair of outputs */
     const int half = OUTPUTS / 2;
     #pragma omp simd
     for (int i = 0; i < half; i++) {
-        float radius = sqrtf(-2.0f * logf(unit(lo[i])));
-        float angle = (float)hi[i] * 1.4629180792671596e-09f; /* 2π·2^-32 */
+        float radius = sqrtf(-2.0f * logf(unit(w[i])));
+        float angle = (float)w[half + i] * 1.4629180792671596e-09f; /* 2π·2^-32 */
         /* sin θ as cos(π/2 − θ): gcc would fuse sinf and cosf of one angle into cexpif, which does not vectorise */
-        ok[i] = marsaglia_tsang(radius * cosf(angle), lo[half + i], p, q, &v[i]);
-        ok[half + i] = marsaglia_tsang(radius * cosf(1.5707963267948966f - angle), hi[half + i], p, q, &v[half + i]);
+        ok[i] = marsaglia_tsang(radius * cosf(angle), w[2 * half + i], p, q, &v[i]);
+        ok[half + i] = marsaglia_tsang(radius * cosf(1.5707963267948966f - angle), w[3 * half + i], p, q,
+                                       &v[half + i]);
     }
     return OUTPUTS;
 }

@@ -36,7 +36,8 @@ no subnormal numbers (which slow x86 arithmetic several-fold).
 
 Uniforms carry 32 random bits in float32 work (63 in float64). On the eager
 path a zero word, whose logarithm is infinite, is rejected and drawn again
-(p = 2^-32); the fused sampler takes the midpoints (word + 1/2)·2^-32 instead.
+(p = 2^-32); the fused sampler takes the midpoints (w + 1/2)·2^-31 of the
+word's top 31 bits w instead.
 The routes draw different streams from one seed, all from the same law.
 """
 

@@ -92,7 +92,7 @@ void stream_outputs(uint64_t seed, uint64_t stream, long refills, uint64_t *out)
 typedef uint32_t word_t __attribute__((may_alias));
 
 /* U = (w + 1/2)·2^-31 from the top 31 bits w of a word: the midpoint of one of 2^31 equal cells of (0, 1) (rounded
-   to 24 bits above 2^-7), never 0, so every logarithm is finite (which -ffast-math assumes); float32 rounds U to 1
+   to 24 bits from 2^-8 up), never 0, so every logarithm is finite (which -ffast-math assumes); float32 rounds U to 1
    for the top 2^-25 of words, whose logarithm, 0, the callers treat. 31 bits rather than 32: a signed conversion
    (one instruction) instead of an unsigned one (five on AVX2). */
 static inline float unit(uint32_t word) {

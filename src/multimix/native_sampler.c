@@ -137,6 +137,7 @@ static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, in
         return OUTPUTS;
     }
     if (kind == 0) { /* the same with a squeeze: log E only where bounds from E's bits leave the test open */
+        const float ln2 = 0.69314718f, margin = 9.765625e-04f; /* margin: 2^-10 */
         float e[OUTPUTS];
         int32_t open[OUTPUTS], any = 0;
         #pragma omp simd reduction(|:any)
@@ -150,10 +151,10 @@ static int refill(int kind, float p, float q, lanes_t *st, float *restrict v, in
                |s| ≤ 1 + |log E| ≤ 70 (E ≥ 1e-30) */
             int32_t bits;
             memcpy(&bits, &x, sizeof bits);
-            float high = s - 0.69314718f * ((float)bits * 1.1920928955078125e-07f - 127.0f);
+            float high = s - ln2 * ((float)bits * 1.1920928955078125e-07f - 127.0f);
             int32_t positive = x > 0.0f; /* E = 0 (U rounded to 1) is rejected */
-            int32_t yes = positive & (high <= 1.0f - 9.765625e-04f);
-            int32_t no = !positive | (high > 1.0f + 9.765625e-04f + 0.69314718f * 0.0861f);
+            int32_t yes = positive & (high <= 1.0f - margin);
+            int32_t no = !positive | (high > 1.0f + margin + ln2 * 0.0861f);
             e[i] = x;
             v[i] = s;
             ok[i] = yes;
